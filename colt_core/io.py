@@ -1,0 +1,81 @@
+"""Atomic file writing and checked loading, so a killed run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A file on disk is missing, truncated or not what it claims to be."""
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to a temporary file in the same directory, then rename over `path`."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write bytes atomically."""
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write UTF-8 text atomically."""
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON (indented, keys in insertion order) atomically."""
+    atomic_write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n", path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, naming the file when it is missing or corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); delete it to recompute it") from None
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> Any:
+    """`torch.load` on the CPU with one clear error for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # noqa: BLE001 - torch raises many unrelated types for a damaged file
+        raise CheckpointError(
+            f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}); "
+            "the file is corrupt or from another program: delete it (a resumed run recomputes it)"
+        ) from None

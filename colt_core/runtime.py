@@ -1,0 +1,42 @@
+"""Seeds and devices: one place that decides how a run is made reproducible and where it runs."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import torch
+
+
+def derive_seed(base: int, *keys: object) -> int:
+    """A 63-bit seed derived from a base seed and keys (e.g. "train", round, partition).
+
+    Independent of Python's hash randomisation, so a resumed process derives the same seeds.
+    """
+    text = ":".join([str(base), *map(str, keys)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when available (or requested), else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} requested but CUDA is not available; use device: auto or cpu")
+    return device
+
+
+def use_amp(device: torch.device, amp: bool | str = "auto") -> bool:
+    """Mixed precision on CUDA by default, never on the CPU."""
+    if amp == "auto":
+        return device.type == "cuda"
+    return bool(amp) and device.type == "cuda"

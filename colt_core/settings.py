@@ -1,0 +1,82 @@
+"""The engine's config sections: how to prune (`prune:`) and how to split classes (`split:`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from colt_core.config import at_least, closed_interval, field, open_interval
+
+
+@dataclass
+class PruneGroupSpec:
+    """Which weights form one prune group: module types, optionally narrowed by name regexes."""
+
+    types: list[str] = field(default_factory=list, help="module class names, e.g. [Conv2d] or [Linear]")
+    include: list[str] = field(default_factory=list, help="regexes on weight names; empty = every weight of the types")
+    exclude: list[str] = field(default_factory=list, help="regexes on weight names left out of the group")
+
+
+@dataclass
+class PruneConfig:
+    """How tickets are found: COLT-N or LTH, per-group rates, when to stop, what to evaluate."""
+
+    method: Literal["colt", "lth"] = field("colt", help="colt: N partitions, intersected masks; lth: IMP on full data")
+    partitions: int = field(2, help="N of COLT-N (ignored by lth, which uses the full data)", check=at_least(1))
+    rates: dict[str, float] = field(default_factory=lambda: {"conv": 0.15, "fc": 0.20},
+                                    help="fraction of the surviving weights pruned per round, per group")
+    groups: dict[str, PruneGroupSpec] = field(
+        default_factory=dict, help="prune groups by name; empty = the front end's defaults (conv and fc)")
+    output_layers: list[str] = field(default_factory=list,
+                                     help="never-pruned output layers; empty = the front end's default head")
+    target_sparsity: float = field(0.79, help="stop when this fraction of prunable weights is pruned",
+                                   check=open_interval(0.0, 1.0))
+    max_rounds: int = field(20, help="stop after this many train-prune rounds", check=at_least(1))
+    rewind_iteration: int = field(0, help="0: rewind to θ0; k > 0: late rewinding to the weights at iteration k",
+                                  check=at_least(0))
+    on_layer_collapse: Literal["error", "warn"] = field("error", help="what to do when a layer loses every weight")
+    evaluate: Literal["first_last", "final", "all", "none"] = field(
+        "first_last",
+        help="which tickets to train on the full data and evaluate: dense+final, final, every round, none")
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        for name, rate in self.rates.items():
+            check = open_interval(0.0, 1.0)(rate)
+            if check:
+                problems.append((f"rates.{name}", check))
+        if self.groups:
+            missing = sorted(set(self.groups) - set(self.rates))
+            if missing:
+                problems.append(("rates", f"groups {missing} have no rate"))
+        return problems
+
+    @property
+    def n_partitions(self) -> int:
+        """Partitions actually trained per round (1 for LTH)."""
+        return 1 if self.method == "lth" else self.partitions
+
+
+@dataclass
+class SplitConfig:
+    """How classes are split into the COLT partitions."""
+
+    groups: list[list[int | str]] | None = field(
+        None, help="explicit class groups (ids or names): disjoint, non-empty, covering every class; "
+                   "null = seeded random near-equal split")
+    seed: int | None = field(None, help="seed of the random split; null = the run's seed")
+    non_iid: bool = field(False, help="drop a seeded random 0..non_iid_max_drop share of each class's samples")
+    non_iid_max_drop: float = field(0.3, help="largest share of a class's samples dropped when non_iid",
+                                    check=closed_interval(0.0, 0.95))
+
+
+def check_partitions(prune: PruneConfig, split: SplitConfig, num_classes: int) -> list[tuple[str, str]]:
+    """Cross-checks a front end runs at config load, once it knows the class count."""
+    problems = []
+    if prune.method == "colt" and prune.partitions > num_classes:
+        problems.append(("prune.partitions",
+                         f"must be <= the number of classes ({num_classes}), got {prune.partitions}"))
+    if split.groups is not None and prune.method == "colt" and len(split.groups) != prune.partitions:
+        problems.append(("split.groups",
+                         f"gives {len(split.groups)} groups but prune.partitions is {prune.partitions}"))
+    return problems
