@@ -140,7 +140,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
                 raise ConfigError(f"{key}: missing required setting ({f.metadata.get('help', '')})")
             continue
         raw = data[name]
-        if get_origin(hints[name]) is dict and isinstance(raw, Mapping) and f.default_factory is not dataclasses.MISSING:
+        has_factory = f.default_factory is not dataclasses.MISSING
+        if get_origin(hints[name]) is dict and isinstance(raw, Mapping) and has_factory:
             # Mappings with defaults (e.g. per-group rates) are merged, so one entry can be overridden alone.
             raw = {**f.default_factory(), **raw}
         value = _convert(raw, hints[name], key)
