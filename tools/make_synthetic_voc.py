@@ -1,0 +1,66 @@
+"""Write a small synthetic Pascal VOC (VOCdevkit/VOC2007 with JPEGs, XML and image sets) for demos and tests.
+
+Example:
+    python tools/make_synthetic_voc.py --out data/synthetic_voc --seed 0
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+# Runnable as `python tools/make_synthetic_voc.py` from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from colt_det.synthetic import ensure_synthetic_voc, make_synthetic_voc
+from colt_det.voc import VOCDataError, VOCDetectionDataset, load_voc_records
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--out",
+    "out_root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to hold VOCdevkit/ (created if missing).",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Random seed; same arguments give identical files."
+)
+@click.option("--image-size", default=128, show_default=True, help="Side of the square images in pixels.")
+@click.option(
+    "--n-trainval", default=400, show_default=True, help="Images in trainval (split into train/val)."
+)
+@click.option("--n-test", default=200, show_default=True, help="Images in test.")
+@click.option("--min-objects", default=1, show_default=True, help="Fewest objects per image.")
+@click.option("--max-objects", default=3, show_default=True, help="Most objects per image.")
+@click.option(
+    "--difficult-fraction",
+    default=0.05,
+    show_default=True,
+    help="Share of objects drawn small and marked difficult.",
+)
+@click.option("--val-fraction", default=0.5, show_default=True, help="Share of trainval listed in val.txt.")
+@click.option(
+    "--force", is_flag=True, help="Regenerate even when an identical synthetic VOC is already there."
+)
+def main(out_root: Path, force: bool, **params: object) -> None:
+    """Generate the synthetic VOC under OUT/VOCdevkit and print what it holds."""
+    try:
+        devkit = make_synthetic_voc(out_root, **params) if force else ensure_synthetic_voc(out_root, **params)
+    except (VOCDataError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"synthetic VOC at {devkit}")
+    for image_set in ("train", "val", "trainval", "test"):
+        records, _ = load_voc_records(devkit, f"2007:{image_set}")
+        summary = VOCDetectionDataset(records).summary()
+        click.echo(
+            f"  2007:{image_set:<9} {summary['images']:5d} images {summary['objects']:6d} objects "
+            f"({summary['difficult']} difficult)"
+        )
+
+
+if __name__ == "__main__":
+    main()
