@@ -1,0 +1,435 @@
+"""Faster R-CNN with a VGG16 backbone (conv1_1 … conv5_3, stride 16) and the VGG fc6/fc7 box head.
+
+Parameter layout (what masks, ticket files and the backbone exporter rely on):
+
+- ``backbone.body.N.weight`` / ``.bias``: an ``nn.Sequential`` laid out exactly like
+  ``torchvision.models.vgg16().features[:30]`` (13 convs at indices 0, 2, 5, 7, 10, 12, 14, 17, 19, 21,
+  24, 26, 28; no fifth max-pool). At ``width=1.0`` ``backbone_state_dict(model)`` loads into
+  ``torchvision.models.vgg16().features`` with ``strict=True``.
+- ``rpn.head.conv.0.0.weight``, ``rpn.head.cls_logits.weight``, ``rpn.head.bbox_pred.weight``: the RPN.
+- ``roi_heads.box_head.fc6.weight``, ``roi_heads.box_head.fc7.weight``: VGG's fc6/fc7.
+- ``roi_heads.box_predictor.cls_score`` / ``.bbox_pred``: the output layer (never pruned).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign, RoIPool
+
+ARCHITECTURE_NAME = "vgg16_faster_rcnn"
+BACKBONE_PREFIX = "backbone.body."
+DETECTOR_OUTPUT_LAYERS = ("roi_heads.box_predictor",)
+
+# Prune groups as anchored regexes over parameter names: backbone and RPN convolutions share the conv
+# rate (the RPN's 1x1 cls_logits/bbox_pred convs included), fc6/fc7 the FC rate; biases and the box
+# predictor match neither.
+CONV_PRUNE_PATTERNS = (
+    r"^backbone\.body\.\d+\.weight$",
+    r"^rpn\.head\.conv\.\d+\.\d+\.weight$",
+    r"^rpn\.head\.(cls_logits|bbox_pred)\.weight$",
+)
+FC_PRUNE_PATTERNS = (r"^roi_heads\.box_head\.fc[67]\.weight$",)
+
+# VGG16 configuration "D" without the last max-pool: numbers are conv output channels, "M" a 2x2 pool.
+_VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_MIN_CHANNELS = 4
+_BACKBONE_STRIDE = 16
+_ROI_OUTPUT_SIZE = 7
+ROI_POOL_KINDS = ("align", "pool")
+INIT_KINDS = ("xavier", "torchvision")
+
+
+def prune_group_patterns() -> dict[str, tuple[str, ...]]:
+    """Prune groups of the detector: group name -> anchored parameter-name regexes."""
+    return {"conv": CONV_PRUNE_PATTERNS, "fc": FC_PRUNE_PATTERNS}
+
+
+def prune_group_specs() -> dict[str, dict[str, list[str]]]:
+    """Prune groups in ``colt_core.pruning.resolve_prune_groups``' spec format (module types + regexes)."""
+    return {
+        "conv": {"types": ["Conv2d"], "include": list(CONV_PRUNE_PATTERNS)},
+        "fc": {"types": ["Linear"], "include": list(FC_PRUNE_PATTERNS)},
+    }
+
+
+def prune_group_parameter_names(model: nn.Module) -> dict[str, list[str]]:
+    """Resolve ``prune_group_patterns()`` against a model: group name -> parameter names in model order."""
+    groups: dict[str, list[str]] = {}
+    for group, patterns in prune_group_patterns().items():
+        compiled = [re.compile(p) for p in patterns]
+        groups[group] = [
+            name for name, _ in model.named_parameters() if any(c.fullmatch(name) for c in compiled)
+        ]
+    return groups
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """Channel count of a VGG layer at a width multiplier (rounded, at least 4)."""
+    return max(_MIN_CHANNELS, round(channels * width))
+
+
+class VGG16Backbone(nn.Module):
+    """VGG16 conv1_1 … conv5_3 as ``body`` (torchvision's ``vgg16().features[:30]`` layout), stride 16."""
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for item in _VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                out = scaled_channels(int(item), width)
+                layers += [nn.Conv2d(in_channels, out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                in_channels = out
+        self.body = nn.Sequential(*layers)
+        self.out_channels = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class VGGBoxHead(nn.Module):
+    """VGG's fc6/fc7 on pooled RoI features: flatten -> fc6 -> ReLU -> Dropout -> fc7 -> ReLU -> Dropout."""
+
+    def __init__(self, in_features: int, head_dim: int = 4096, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, head_dim)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Linear(head_dim, head_dim)
+        self.drop7 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop6(torch.relu(self.fc6(x.flatten(start_dim=1))))
+        return self.drop7(torch.relu(self.fc7(x)))
+
+
+class SingleLevelRoIPool(nn.Module):
+    """Classic Fast R-CNN RoI max pooling with MultiScaleRoIAlign's call signature (one feature map)."""
+
+    def __init__(
+        self,
+        featmap_name: str = "0",
+        output_size: int = _ROI_OUTPUT_SIZE,
+        spatial_scale: float = 1.0 / _BACKBONE_STRIDE,
+    ) -> None:
+        super().__init__()
+        self.featmap_name = featmap_name
+        self.pool = RoIPool(output_size=(output_size, output_size), spatial_scale=spatial_scale)
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        # image_shapes is unused: the stride is fixed at 16 and inputs are padded to a multiple of 32.
+        return self.pool(features[self.featmap_name], proposals)
+
+
+def init_detector_weights(model: nn.Module, init: str = "xavier") -> None:
+    """Initialise conv/linear weights (Xavier-uniform, zero bias) and the box predictor (normal 0.01/0.001).
+
+    The box predictor keeps the classic Faster R-CNN init (scores std 0.01, box deltas std 0.001): it is
+    never pruned, and near-zero initial deltas keep early proposals on their anchors. ``init="torchvision"``
+    leaves the other layers as built (see ``build_vgg16_faster_rcnn``).
+    """
+    if init not in INIT_KINDS:
+        raise ValueError(f"init must be one of {INIT_KINDS}, got {init!r}")
+    if init == "xavier":
+        for name, module in model.named_modules():
+            if name.startswith(DETECTOR_OUTPUT_LAYERS):
+                continue
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    predictor = model.roi_heads.box_predictor
+    if isinstance(predictor, FastRCNNPredictor):
+        _init_predictor(predictor)
+
+
+def _init_predictor(predictor: FastRCNNPredictor) -> None:
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+
+
+def _init_vgg_torchvision(backbone: VGG16Backbone, box_head: VGGBoxHead) -> None:
+    # Same as torchvision.models.VGG.__init__: Kaiming-normal convolutions, normal(0, 0.01) fc layers.
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    for fc in (box_head.fc6, box_head.fc7):
+        nn.init.normal_(fc.weight, 0.0, 0.01)
+        nn.init.zeros_(fc.bias)
+
+
+def build_vgg16_faster_rcnn(
+    num_classes: int,
+    *,
+    width: float = 1.0,
+    head_dim: int = 4096,
+    head_dropout: float = 0.5,
+    roi_pool: str = "align",
+    min_size: int | tuple[int, ...] = 600,
+    max_size: int = 1000,
+    anchor_sizes: tuple[tuple[int, ...], ...] = ((128, 256, 512),),
+    aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),),
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_thresh: float = 0.7,
+    rpn_fg_iou_thresh: float = 0.7,
+    rpn_bg_iou_thresh: float = 0.3,
+    rpn_batch_size_per_image: int = 256,
+    rpn_positive_fraction: float = 0.5,
+    box_score_thresh: float = 0.05,
+    box_nms_thresh: float = 0.5,
+    box_detections_per_img: int = 100,
+    box_fg_iou_thresh: float = 0.5,
+    box_bg_iou_thresh: float = 0.5,
+    box_batch_size_per_image: int = 512,
+    box_positive_fraction: float = 0.25,
+    init: str = "xavier",
+    pretrained_backbone: str | Path | None = None,
+) -> FasterRCNN:
+    """Build Faster R-CNN VGG16; ``num_classes`` counts the background (|classes| + 1).
+
+    ``width`` scales the backbone channels (64..512 x width, at least 4) and ``head_dim`` the fc6/fc7 size,
+    for tiny CPU variants. ``init="xavier"`` (the paper's) gives every conv and linear weight Xavier-uniform
+    and zero bias, the box predictor normal(0.01)/(0.001); ``init="torchvision"`` uses torchvision's VGG and
+    RPN init. ``pretrained_backbone`` is a local file in torchvision's vgg16 state_dict format (see
+    ``load_vgg16_weights``); nothing is ever downloaded. Deterministic under ``torch.manual_seed``.
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
+    if not (isinstance(width, (int, float)) and width > 0 and math.isfinite(width)):
+        raise ValueError(f"width must be a positive number (1.0 = VGG16), got {width!r}")
+    if not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"head_dim must be a positive int (4096 = VGG16 fc6/fc7), got {head_dim!r}")
+    if not 0.0 <= head_dropout < 1.0:
+        raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout!r}")
+    if roi_pool not in ROI_POOL_KINDS:
+        raise ValueError(f"roi_pool must be one of {ROI_POOL_KINDS}, got {roi_pool!r}")
+    if init not in INIT_KINDS:
+        raise ValueError(f"init must be one of {INIT_KINDS}, got {init!r}")
+    anchor_sizes = tuple(tuple(int(s) for s in level) for level in anchor_sizes)
+    aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
+    if len(anchor_sizes) != 1 or len(aspect_ratios) != 1:
+        raise ValueError("anchor_sizes and aspect_ratios must each hold exactly one tuple (one feature map)")
+
+    backbone = VGG16Backbone(width)
+    anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
+    rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0])
+    box_head = VGGBoxHead(backbone.out_channels * _ROI_OUTPUT_SIZE**2, head_dim, head_dropout)
+    model = FasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchor_generator,
+        rpn_head=rpn_head,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=_ROI_OUTPUT_SIZE, sampling_ratio=2),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(head_dim, num_classes),
+        min_size=min_size,
+        max_size=max_size,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_nms_thresh=rpn_nms_thresh,
+        rpn_fg_iou_thresh=rpn_fg_iou_thresh,
+        rpn_bg_iou_thresh=rpn_bg_iou_thresh,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        rpn_positive_fraction=rpn_positive_fraction,
+        box_score_thresh=box_score_thresh,
+        box_nms_thresh=box_nms_thresh,
+        box_detections_per_img=box_detections_per_img,
+        box_fg_iou_thresh=box_fg_iou_thresh,
+        box_bg_iou_thresh=box_bg_iou_thresh,
+        box_batch_size_per_image=box_batch_size_per_image,
+        box_positive_fraction=box_positive_fraction,
+    )
+    if roi_pool == "pool":
+        # FasterRCNN's constructor only accepts MultiScaleRoIAlign; RoIHeads calls any module the same way.
+        model.roi_heads.box_roi_pool = SingleLevelRoIPool()
+
+    if init == "torchvision":
+        _init_vgg_torchvision(backbone, box_head)
+    init_detector_weights(model, init)
+    model.arch_config = {
+        "num_classes": num_classes,
+        "width": float(width),
+        "head_dim": head_dim,
+        "head_dropout": float(head_dropout),
+        "roi_pool": roi_pool,
+        "min_size": list(min_size) if isinstance(min_size, (tuple, list)) else int(min_size),
+        "max_size": int(max_size),
+        "anchor_sizes": [list(level) for level in anchor_sizes],
+        "aspect_ratios": [list(level) for level in aspect_ratios],
+        "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
+        "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+        "rpn_nms_thresh": rpn_nms_thresh,
+        "rpn_fg_iou_thresh": rpn_fg_iou_thresh,
+        "rpn_bg_iou_thresh": rpn_bg_iou_thresh,
+        "rpn_batch_size_per_image": rpn_batch_size_per_image,
+        "rpn_positive_fraction": rpn_positive_fraction,
+        "box_score_thresh": box_score_thresh,
+        "box_nms_thresh": box_nms_thresh,
+        "box_detections_per_img": box_detections_per_img,
+        "box_fg_iou_thresh": box_fg_iou_thresh,
+        "box_bg_iou_thresh": box_bg_iou_thresh,
+        "box_batch_size_per_image": box_batch_size_per_image,
+        "box_positive_fraction": box_positive_fraction,
+    }
+    if pretrained_backbone is not None:
+        load_vgg16_weights(model, pretrained_backbone)
+    return model
+
+
+def replace_box_predictor(model: FasterRCNN, num_classes: int) -> FastRCNNPredictor:
+    """Install a freshly initialised box predictor with ``num_classes`` outputs (background included)."""
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
+    old = model.roi_heads.box_predictor
+    predictor = FastRCNNPredictor(old.cls_score.in_features, num_classes)
+    _init_predictor(predictor)
+    predictor.to(device=old.cls_score.weight.device, dtype=old.cls_score.weight.dtype)
+    model.roi_heads.box_predictor = predictor
+    if hasattr(model, "arch_config"):
+        model.arch_config["num_classes"] = num_classes
+    return predictor
+
+
+def backbone_state_dict(model: FasterRCNN) -> OrderedDict[str, torch.Tensor]:
+    """The backbone's weights keyed like ``torchvision.models.vgg16().features`` (``"0.weight"`` …)."""
+    return OrderedDict(
+        (name[len(BACKBONE_PREFIX) :], tensor)
+        for name, tensor in model.state_dict().items()
+        if name.startswith(BACKBONE_PREFIX)
+    )
+
+
+def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
+    """Load a local torchvision-format vgg16 state_dict into the backbone (and fc6/fc7 when shapes allow).
+
+    Accepted keys: ``features.N.weight``/``.bias`` (a full vgg16 state_dict) or bare ``N.weight`` (an
+    exported backbone). ``classifier.0``/``classifier.3`` go to fc6/fc7 only when the model has
+    ``width=1`` and ``head_dim=4096``; other ``classifier.*`` keys are ignored. Returns the loaded names.
+    """
+    path = Path(path)
+    fix = (
+        "point pretrained_backbone at a local copy of torchvision's vgg16 weights "
+        "(e.g. vgg16-397923af.pth, copied from a machine with network access) or set it to null"
+    )
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained backbone file not found: {path}; {fix}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read pretrained backbone file {path} ({exc}); {fix}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict):
+        raise ValueError(f"pretrained backbone file {path} does not hold a state_dict; {fix}")
+
+    if any(str(k).startswith("features.") for k in loaded):
+        features = {k[len("features.") :]: v for k, v in loaded.items() if k.startswith("features.")}
+    else:
+        features = {k: v for k, v in loaded.items() if not str(k).startswith("classifier.")}
+
+    targets: dict[str, torch.Tensor] = {}
+    backbone_params = {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
+    for name, param in backbone_params.items():
+        key = name[len(BACKBONE_PREFIX) :]
+        if key not in features:
+            raise ValueError(f"pretrained backbone file {path} lacks key {key!r} (VGG16 features); {fix}")
+        if tuple(features[key].shape) != tuple(param.shape):
+            raise ValueError(
+                f"pretrained backbone file {path}: {key!r} has shape {tuple(features[key].shape)} but the "
+                f"model expects {tuple(param.shape)}; pretrained VGG16 weights need width=1.0, or {fix}"
+            )
+        targets[name] = features[key]
+
+    head = model.roi_heads.box_head
+    head_matches = (
+        isinstance(head, VGGBoxHead) and model.backbone.out_channels == 512 and head.fc6.out_features == 4096
+    )
+    if head_matches and all(f"classifier.{i}.{p}" in loaded for i in (0, 3) for p in ("weight", "bias")):
+        for index, fc in ((0, "fc6"), (3, "fc7")):
+            for param in ("weight", "bias"):
+                name = f"roi_heads.box_head.{fc}.{param}"
+                source = loaded[f"classifier.{index}.{param}"]
+                expected = model.state_dict()[name].shape
+                if tuple(source.shape) != tuple(expected):
+                    raise ValueError(
+                        f"pretrained backbone file {path}: 'classifier.{index}.{param}' has shape "
+                        f"{tuple(source.shape)}, expected {tuple(expected)}; {fix}"
+                    )
+                targets[name] = source
+
+    with torch.no_grad():
+        state = model.state_dict()
+        for name, tensor in targets.items():
+            state[name].copy_(tensor)
+    return list(targets)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (all of them, trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_architecture(model: FasterRCNN) -> dict[str, Any]:
+    """JSON-able description of a model built by ``build_vgg16_faster_rcnn`` (for ticket files)."""
+    if not hasattr(model, "arch_config"):
+        raise ValueError("model was not built by build_vgg16_faster_rcnn (it has no arch_config)")
+    return {
+        "name": ARCHITECTURE_NAME,
+        **model.arch_config,
+        "num_parameters": count_parameters(model),
+        "parameter_shapes": {name: list(p.shape) for name, p in model.named_parameters()},
+    }
+
+
+def build_from_description(desc: dict[str, Any], num_classes: int | None = None) -> FasterRCNN:
+    """Rebuild the architecture of ``describe_architecture`` output, with ``num_classes`` if given."""
+    if desc.get("name") != ARCHITECTURE_NAME:
+        raise ValueError(f"architecture name must be {ARCHITECTURE_NAME!r}, got {desc.get('name')!r}")
+    kwargs = {k: v for k, v in desc.items() if k not in ("name", "num_parameters", "parameter_shapes")}
+    allowed = set(build_vgg16_faster_rcnn.__kwdefaults__) - {"init", "pretrained_backbone"} | {"num_classes"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"unknown architecture key(s) {unknown}; allowed: {sorted(allowed)}")
+    classes = kwargs.pop("num_classes") if num_classes is None else num_classes
+    kwargs.pop("num_classes", None)
+    if isinstance(kwargs.get("min_size"), list):
+        kwargs["min_size"] = tuple(kwargs["min_size"])
+    model = build_vgg16_faster_rcnn(classes, **kwargs)
+    if "parameter_shapes" in desc:
+        # The output layer may differ (num_classes); everything else must match.
+        def body(shapes: dict[str, Any]) -> dict[str, list[int]]:
+            return {n: list(s) for n, s in shapes.items() if not n.startswith(DETECTOR_OUTPUT_LAYERS)}
+
+        if body({name: p.shape for name, p in model.named_parameters()}) != body(desc["parameter_shapes"]):
+            raise ValueError(
+                "the rebuilt model's parameter shapes differ from the description's parameter_shapes; "
+                "the description was edited or comes from another version of colt_det"
+            )
+    return model
