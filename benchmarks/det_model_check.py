@@ -1,24 +1,22 @@
-"""Size and speed of the full-width Faster R-CNN VGG16, and fit() with AMP and resume on the device.
+"""Size and speed of the full-width Faster R-CNN VGG16 on the CPU or a GPU (fp32 and AMP).
 
     python benchmarks/det_model_check.py [--device cuda] [--size 600] [--batch 4] [--steps 10] [--out FILE]
 
 Reports the parameter count, the time of one training step (fp32 and, on CUDA, AMP) and of one inference
-batch on the paper's input (batch 4, 600x600), peak GPU memory, and runs a tiny fit() with a simulated crash
-and resume. Synthetic images: speed does not depend on what they show.
+batch on the paper's input (batch 4, 600x600) and peak GPU memory. Synthetic images: speed does not depend
+on what they show.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from colt_det.engine import OptimizerConfig, ScheduleConfig, fit, predict, resolve_device
+from colt_core.runtime import pick_device
 from colt_det.model import build_vgg16_faster_rcnn, count_parameters
 
 
@@ -85,55 +83,6 @@ def time_inference(model, images, device, *, amp: bool, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-class _Crash(RuntimeError):
-    pass
-
-
-def fit_resume_check(device: torch.device, amp: bool) -> dict:
-    """A tiny fit killed after epoch 1 and resumed, against an uninterrupted one."""
-    def samples(n: int, seed: int):
-        images, targets = synthetic_batch(n, 96, 3, torch.device("cpu"), seed)
-        return [(img, {**t, "image_id": i}) for i, (img, t) in enumerate(zip(images, targets))]
-
-    def collate(batch):
-        return [b[0] for b in batch], [b[1] for b in batch]
-
-    def run(path: Path, crash: bool):
-        torch.manual_seed(0)
-        model = build_vgg16_faster_rcnn(3, width=0.125, head_dim=64, min_size=96, max_size=96,
-                                        anchor_sizes=((32, 64, 96),))
-        train = DataLoader(samples(8, 1), batch_size=4, shuffle=True, collate_fn=collate,
-                           generator=torch.Generator())
-        val = DataLoader(samples(4, 2), batch_size=4, collate_fn=collate)
-
-        def log_fn(record):
-            if crash and record["epoch"] == 1:
-                raise _Crash
-
-        return fit(model, train, val, epochs=3, optimizer_cfg=OptimizerConfig(lr=1e-4),
-                   schedule_cfg=ScheduleConfig(warmup_epochs=1), device=device, amp=amp, seed=3,
-                   checkpoint_path=path, log_fn=log_fn, progress=False), model, val
-
-    with tempfile.TemporaryDirectory() as tmp:
-        straight, _, _ = run(Path(tmp) / "a.pt", crash=False)
-        try:
-            run(Path(tmp) / "b.pt", crash=True)
-        except _Crash:
-            pass
-        resumed, model, val = run(Path(tmp) / "b.pt", crash=False)
-    max_diff = max((straight.best_state_dict[k].float() - v.float()).abs().max().item()
-                   for k, v in resumed.best_state_dict.items())
-    outputs = predict(model, val, device, amp=amp, progress=False)
-    return {
-        "val_losses_straight": [r["val_loss"] for r in straight.history],
-        "val_losses_resumed": [r["val_loss"] for r in resumed.history],
-        "best_state_max_abs_diff": max_diff,
-        "predict_images": len(outputs),
-        "predict_boxes_dtype": str(outputs[0][1]["boxes"].dtype),
-        "predict_device": outputs[0][1]["boxes"].device.type,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -142,7 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here too")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = pick_device(args.device or "auto")
 
     report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "input": [args.batch, 3, args.size, args.size]}
@@ -158,8 +107,6 @@ def main() -> None:
     if device.type == "cuda":
         report["train_amp"] = time_training_steps(model, images, targets, device, amp=True, steps=args.steps)
         report["inference_amp_seconds"] = time_inference(model, images, device, amp=True, steps=args.steps)
-    del model
-    report["fit_resume"] = fit_resume_check(device, amp=device.type == "cuda")
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:

@@ -18,7 +18,8 @@ class OptimizerConfig:
 
     name: Literal["adam", "adamw", "sgd"] = field("adam", help="adam | adamw | sgd")
     lr: float = field(1e-4, help="base learning rate", check=positive)
-    weight_decay: float = field(0.0, help="weight decay (L2 for adam/sgd, decoupled for adamw)", check=at_least(0.0))
+    weight_decay: float = field(0.0, help="weight decay (L2 for adam/sgd, decoupled for adamw)",
+                                check=at_least(0.0))
     momentum: float = field(0.9, help="SGD momentum", check=closed_interval(0.0, 0.999))
     nesterov: bool = field(False, help="SGD Nesterov momentum")
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], help="Adam betas")
@@ -40,7 +41,13 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=list, help="multistep: epochs at which lr *= gamma")
     gamma: float = field(0.1, help="multistep: factor applied at each milestone", check=positive)
     warmup_epochs: int = field(0, help="linear warm-up epochs (per iteration)", check=at_least(0))
-    interval: Literal["iteration", "epoch"] = field("iteration", help="whether the lr changes every step or epoch")
+    interval: Literal["iteration", "epoch"] = field("iteration",
+                                                   help="whether the lr changes every step or every epoch")
+
+    def validate(self) -> list[tuple[str, str]]:
+        if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
+            return [("milestones", f"must be increasing epoch numbers >= 1, got {self.milestones}")]
+        return []
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -64,7 +71,8 @@ def lr_factor(step: int, cfg: ScheduleConfig, *, base_lr: float, epochs: int, it
         else:
             progress = (epoch - cfg.warmup_epochs) / max(1, epochs - cfg.warmup_epochs)
         progress = min(max(progress, 0.0), 1.0)
-        factor = (cfg.eta_min + (base_lr - cfg.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))) / base_lr
+        lr = cfg.eta_min + (base_lr - cfg.eta_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        factor = lr / base_lr
     elif cfg.name == "multistep":
         factor = cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
     else:
@@ -85,5 +93,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *,
     base_lr = optimizer.param_groups[0]["lr"]
     if cfg.name == "cosine" and cfg.eta_min > base_lr:
         raise ValueError(f"schedule.eta_min ({cfg.eta_min}) must be <= the optimizer's lr ({base_lr})")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg, base_lr=base_lr, epochs=epochs, iters_per_epoch=iters_per_epoch))
+
+    def factor(step: int) -> float:
+        return lr_factor(step, cfg, base_lr=base_lr, epochs=epochs, iters_per_epoch=iters_per_epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,17 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from colt_core.io import atomic_save, load_checkpoint
+from colt_core.io import CheckpointError, atomic_save, load_checkpoint
 from colt_core.masks import MaskKeeper
 from colt_core.runtime import derive_seed, seed_everything
 from colt_core.weights import snapshot
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_FORMAT = "colt_core.fit/1"
+
 
 @dataclass
 class FitResult:
-    """The selected weights and how training went."""
+    """The selected weights (on the CPU) and how training went."""
 
     best_state: dict[str, torch.Tensor]
     best_epoch: int
@@ -35,12 +37,81 @@ class FitResult:
     rewind_state: dict[str, torch.Tensor] | None = None
 
 
+def _plain(value: Any) -> Any:
+    """`value` as plain Python data, so settings compare equal after a save/load round trip."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def fit_settings(*, epochs: int, seed: int, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+                 scheduler_interval: str = "step", scaler: torch.amp.GradScaler | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be resumed: epochs, seed, optimizer, schedule, AMP.
+
+    Read from the optimizer before its state is loaded (loading overwrites the hyper-parameters); a
+    scheduler's `initial_lr` stands for the base rate, since `lr` already holds the scheduled value.
+    """
+    groups = [{k: v for k, v in group.items() if k != "params" and not (k == "lr" and "initial_lr" in group)}
+              for group in optimizer.param_groups]
+    settings = {
+        "epochs": epochs,
+        "seed": seed,
+        "optimizer": {"class": type(optimizer).__qualname__, "param_groups": groups},
+        "scheduler": None if scheduler is None else {"class": type(scheduler).__qualname__,
+                                                     "interval": scheduler_interval},
+        "amp": scaler is not None and scaler.is_enabled(),
+        "extra": dict(extra or {}),
+    }
+    return _plain(settings)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def _setting_differences(saved: Any, current: Any) -> list[str]:
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted(old.keys() | new.keys())
+    return [f"{key}: {old.get(key, '<absent>')!r} there, {new.get(key, '<absent>')!r} now"
+            for key in keys if old.get(key, "<absent>") != new.get(key, "<absent>")]
+
+
+def _load_resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint at `path`, refused unless `fit` wrote it with the same settings."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of colt_core.training.fit "
+                              f"(format {CHECKPOINT_FORMAT}); delete it or choose another checkpoint path")
+    differences = _setting_differences(ckpt["settings"], settings)
+    if differences:
+        raise CheckpointError(f"{path} was written with other training settings ({'; '.join(differences)}); "
+                              "delete it to start training over, or resume with the original settings")
+    return ckpt
+
+
 def fit(
     model: nn.Module,
     *,
     epochs: int,
     train_epoch: Callable[[int], dict[str, float]],
-    val_loss: Callable[[], float],
+    val_loss: Callable[[], float] | None,
     optimizer: torch.optim.Optimizer,
     seed: int,
     scheduler: Any = None,
@@ -50,55 +121,73 @@ def fit(
     checkpoint_path: str | Path | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     rewind_state: Callable[[], dict[str, torch.Tensor] | None] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    generators: Sequence[torch.Generator] = (),
 ) -> FitResult:
-    """Train `epochs` epochs; keep the weights with the lowest validation loss.
+    """Train `epochs` epochs; keep the weights with the lowest validation loss, and end holding them.
 
-    Every epoch starts from seeds derived from (seed, epoch), and after every epoch the whole
-    state is checkpointed atomically, so a killed run resumed from `checkpoint_path` ends with the
-    same weights as an uninterrupted one. `scheduler_interval="epoch"` steps the scheduler here;
-    "step" leaves it to `train_epoch`. `rewind_state` returns late-rewinding weights once taken.
+    Every epoch starts from seeds derived from (seed, epoch), for the global generators and for
+    `generators` (e.g. a DataLoader's own shuffling generator), and after every epoch the whole state is
+    checkpointed atomically, so a killed run resumed from `checkpoint_path` ends with the same weights as an
+    uninterrupted one. A checkpoint written with other settings (epochs, seed, optimizer class and
+    hyper-parameters, scheduler and its interval, AMP, and the caller's `settings`, e.g. iterations per
+    epoch) is refused rather than silently mixed. `scheduler_interval="epoch"` steps the scheduler here;
+    "step" leaves it to `train_epoch`. With `val_loss=None` the last epoch counts as best (its loss is NaN).
+    `rewind_state` returns late-rewinding weights once taken. On return `model` holds the best weights.
     """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if scheduler_interval not in ("step", "epoch"):
+        raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+    run_settings = fit_settings(epochs=epochs, seed=seed, optimizer=optimizer, scheduler=scheduler,
+                                scheduler_interval=scheduler_interval, scaler=scaler, extra=settings)
     start, best_state, best_loss, best_epoch, history = 0, None, math.inf, -1, []
     late_rewind = None
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and path.is_file():
-        ckpt = load_checkpoint(path)
+        ckpt = _load_resumable(path, run_settings)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
+        if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler") is not None:
+        if scaler is not None and ckpt["scaler"] is not None:
             scaler.load_state_dict(ckpt["scaler"])
         start, best_state, best_loss = ckpt["epoch"] + 1, ckpt["best_state"], ckpt["best_val_loss"]
-        best_epoch, history, late_rewind = ckpt["best_epoch"], ckpt["history"], ckpt.get("rewind_state")
+        best_epoch, history, late_rewind = ckpt["best_epoch"], ckpt["history"], ckpt["rewind_state"]
         if keeper is not None:
             keeper.zero_optimizer_state()
-        log.info("resuming training from %s at epoch %d", path, start)
+        log.info("resuming training from %s at epoch %d of %d", path, start, epochs)
     for epoch in range(start, epochs):
         seed_everything(derive_seed(seed, "epoch", epoch))
+        for i, generator in enumerate(generators):
+            generator.manual_seed(derive_seed(seed, "epoch", epoch, "generator", i))
         model.train()
         stats = dict(train_epoch(epoch))
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
-        loss = float(val_loss())
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"validation loss is {loss} after epoch {epoch}: training diverged; "
-                                     "lower the learning rate")
-        stats["val_loss"] = loss
+        if val_loss is None:
+            best_loss, best_epoch, best_state = math.nan, epoch, snapshot(model)
+        else:
+            loss = float(val_loss())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"validation loss is {loss} after epoch {epoch}: training diverged; "
+                                         "lower the learning rate")
+            stats["val_loss"] = loss
+            if loss < best_loss:
+                best_loss, best_epoch, best_state = loss, epoch, snapshot(model)
         stats["epoch"] = epoch
         history.append(stats)
-        if loss < best_loss:
-            best_loss, best_epoch, best_state = loss, epoch, snapshot(model)
         if late_rewind is None and rewind_state is not None:
             late_rewind = rewind_state()
         if path is not None:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            atomic_save({"format": CHECKPOINT_FORMAT, "settings": run_settings, "epoch": epoch,
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
                          "scaler": scaler.state_dict() if scaler is not None else None,
-                         "epoch": epoch, "best_state": best_state, "best_val_loss": best_loss,
-                         "best_epoch": best_epoch, "history": history, "rewind_state": late_rewind}, path)
+                         "best_state": best_state, "best_val_loss": best_loss, "best_epoch": best_epoch,
+                         "history": history, "rewind_state": late_rewind}, path)
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
-    if best_state is None:
-        raise RuntimeError("fit ran no epoch: epochs must be >= 1")
+    assert best_state is not None  # epochs >= 1: an epoch ran here or in the run that was resumed
+    model.load_state_dict(best_state)
     return FitResult(best_state, best_epoch, best_loss, history, late_rewind)

@@ -51,11 +51,11 @@ def test_round_trip_and_overrides(tmp_path):
     assert cfg.prune.rates == {"conv": 0.15, "fc": 0.25}
     assert cfg.prune.n_partitions == 1
     assert from_dict(Run, to_dict(cfg)) == cfg
-    with pytest.raises(ConfigError, match="available: demo.yaml"):
+    with pytest.raises(ConfigError, match=r"available: demo\.yaml"):
         load_config(Run, "nope.yaml", configs_dir=tmp_path / "configs")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(Run, "demo", ["train.lr"], configs_dir=tmp_path / "configs")
-    with pytest.raises(ConfigError, match="train.lr2: unknown key"):
+    with pytest.raises(ConfigError, match=r"train\.lr2: unknown key"):
         load_config(Run, "demo", ["train.lr2=1"], configs_dir=tmp_path / "configs")
 
 

@@ -154,7 +154,7 @@ def test_rewind_keeps_a_head_of_another_size():
     rewind(model, init, {}, output_layers=["head"], keep_output=True)
     assert torch.equal(model.head.weight, head)
     assert torch.equal(model.conv2.weight, init["conv2.weight"])
-    with pytest.raises(ValueError, match="head.weight"):
+    with pytest.raises(ValueError, match=r"head\.weight"):
         rewind(Net(out=2), init, {})
 
 

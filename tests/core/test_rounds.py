@@ -119,7 +119,7 @@ def test_run_dir_is_never_overwritten_without_permission(tmp_path):
 
 def test_corrupt_files_give_clear_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="bad.pt"):
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):
         load_checkpoint(tmp_path / "bad.pt")
     atomic_save({"format": 1, "mask": {"w": torch.ones(2, dtype=torch.bool)}, "init": {"w": torch.ones(3)},
                  "architecture": {}}, tmp_path / "t.pt")
@@ -135,7 +135,7 @@ def test_ticket_refuses_a_mismatched_model(tmp_path):
     run_loop(tmp_path / "run", prune)
     other = ToyNet(6)
     other.fc1 = torch.nn.Linear(64, 8)
-    with pytest.raises(TicketError, match="fc1.weight"):
+    with pytest.raises(TicketError, match=r"fc1\.weight"):
         load_ticket(tmp_path / "run" / "ticket.pt", other, output_layers=["head"])
     assert load_ticket(tmp_path / "run" / "ticket.pt", ToyNet(2), output_layers=["head"])  # other head size
 

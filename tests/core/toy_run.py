@@ -6,12 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import click  # noqa: E402
-from toy import ToyTrainer  # noqa: E402
+import click
+from toy import ToyTrainer
 
-from colt_core.config import to_dict  # noqa: E402
-from colt_core.rounds import RoundLoop, prepare_run_dir  # noqa: E402
-from colt_core.settings import PruneConfig, SplitConfig  # noqa: E402
+from colt_core.config import to_dict
+from colt_core.rounds import RoundLoop, prepare_run_dir
+from colt_core.settings import PruneConfig, SplitConfig
 
 
 @click.command()

@@ -1,0 +1,516 @@
+"""Exporting what a run found: dense and sparse state_dicts, ticket files, and reading a run directory.
+
+Task-agnostic: a front end says how to build its model from a ticket's architecture description and
+which weights are exported under which names (an `ExportTarget`); everything else happens here.
+
+Sparse files (`save_sparse` / `load_sparse`) keep only the surviving weights of each masked tensor and
+their positions, as a bit mask packed with `numpy.packbits` or as int32 flat indices, whichever is smaller;
+other tensors (biases, norm statistics) are stored as they are. They load with
+`torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from colt_core.io import (
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    read_json,
+)
+from colt_core.pruning import PruneGroup
+from colt_core.sparsity import format_sparsity_table, sparsity_report
+from colt_core.ticket import (
+    TICKET_FORMAT,
+    Ticket,
+    TicketError,
+    check_ticket_fits,
+    save_ticket,
+    validate_ticket,
+)
+
+log = logging.getLogger(__name__)
+
+SPARSE_FORMAT = "colt-sparse-state-dict"
+SPARSE_VERSION = 1
+SOURCES = ("ticket", "trained")
+
+
+class ExportError(ValueError):
+    """A run directory, round or model cannot be exported as asked."""
+
+
+class SparseFormatError(ValueError):
+    """A sparse state_dict file is malformed."""
+
+
+# ----- sparse state_dicts --------------------------------------------------------------------------
+def _sparse_record(name: str, tensor: torch.Tensor, keep: torch.Tensor | None) -> dict[str, Any]:
+    """The smallest encoding of one tensor: dense, a packed bit mask + values, or int32 indices + values."""
+    tensor = tensor.detach().cpu()
+    dense = {"encoding": "dense", "tensor": tensor.clone()}
+    if keep is None:
+        if not tensor.is_floating_point() or tensor.dim() == 0:
+            return dense
+        keep = tensor != 0
+    elif tuple(keep.shape) != tuple(tensor.shape):
+        raise ValueError(f"{name}: mask shape {tuple(keep.shape)} differs from the tensor's "
+                         f"{tuple(tensor.shape)}")
+    keep = keep.detach().cpu().bool()
+    flat, flat_keep = tensor.reshape(-1), keep.reshape(-1)
+    if bool((flat[~flat_keep] != 0).any()):
+        raise ValueError(f"{name}: weights outside the mask are not zero; apply the mask before saving")
+    n, alive, item = flat.numel(), int(flat_keep.sum()), tensor.element_size()
+    index_bytes = 4 if n < 2**31 else 8
+    sizes = {"dense": n * item, "bitmask": math.ceil(n / 8) + alive * item,
+             "indices": alive * (index_bytes + item)}
+    encoding = min(sizes, key=lambda k: (sizes[k], k != "dense"))
+    if encoding == "dense":
+        return dense
+    values = flat[flat_keep].clone()
+    record: dict[str, Any] = {"encoding": encoding, "shape": list(tensor.shape), "values": values}
+    if encoding == "bitmask":
+        record["bits"] = torch.from_numpy(np.packbits(flat_keep.numpy()))
+    else:
+        dtype = torch.int32 if index_bytes == 4 else torch.int64
+        record["indices"] = flat_keep.nonzero().flatten().to(dtype)
+    return record
+
+
+def encode_sparse(state_dict: Mapping[str, torch.Tensor],
+                  mask: Mapping[str, torch.Tensor] | None = None) -> OrderedDict[str, dict[str, Any]]:
+    """Encode a state_dict; positions come from `mask` where it names a tensor, else from its non-zeros.
+
+    With a mask, a surviving weight that happens to be exactly zero is kept as a survivor, so the
+    mask reads back exactly (`load_sparse_mask`).
+    """
+    mask = mask or {}
+    unknown = sorted(set(mask) - set(state_dict))
+    if unknown:
+        raise ValueError(f"mask names tensors the state_dict does not hold: {unknown[:5]}")
+    return OrderedDict((name, _sparse_record(name, t, mask.get(name))) for name, t in state_dict.items())
+
+
+def save_sparse(state_dict: Mapping[str, torch.Tensor], path: str | Path,
+                mask: Mapping[str, torch.Tensor] | None = None,
+                meta: Mapping[str, Any] | None = None) -> Path:
+    """Write the compact sparse file of a state_dict atomically (see `encode_sparse`)."""
+    data = {"format": SPARSE_FORMAT, "version": SPARSE_VERSION, "tensors": encode_sparse(state_dict, mask),
+            "meta": dict(meta or {})}
+    atomic_save(data, path)
+    return Path(path)
+
+
+def _read_sparse(path: str | Path) -> Mapping[str, Any]:
+    data = load_checkpoint(path)
+    if not isinstance(data, Mapping) or data.get("format") != SPARSE_FORMAT:
+        raise SparseFormatError(f"{path}: not a COLT sparse state_dict file "
+                                "(the format colt_core.export.save_sparse writes)")
+    if data.get("version") != SPARSE_VERSION:
+        raise SparseFormatError(f"{path}: sparse format version {data.get('version')!r}; this code reads "
+                                f"version {SPARSE_VERSION}")
+    if not isinstance(data.get("tensors"), Mapping):
+        raise SparseFormatError(f"{path}: has no 'tensors' mapping")
+    return data
+
+
+def _decode(path: str | Path, name: str, record: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dense tensor of one record and its survivor mask (None for a dense record)."""
+    def bad(why: str) -> SparseFormatError:
+        return SparseFormatError(f"{path}: tensor {name!r}: {why}; the file is damaged, export it again")
+
+    if not isinstance(record, Mapping) or record.get("encoding") not in ("dense", "bitmask", "indices"):
+        raise bad("unknown encoding")
+    if record["encoding"] == "dense":
+        if not torch.is_tensor(record.get("tensor")):
+            raise bad("dense record without a tensor")
+        return record["tensor"], None
+    shape, values = record.get("shape"), record.get("values")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise bad(f"invalid shape {shape!r}")
+    if not torch.is_tensor(values) or values.dim() != 1:
+        raise bad("values must be a 1-D tensor")
+    n = math.prod(shape)
+    if record["encoding"] == "bitmask":
+        bits = record.get("bits")
+        if not torch.is_tensor(bits) or bits.dtype != torch.uint8 or bits.numel() != math.ceil(n / 8):
+            raise bad(f"bit mask must be {math.ceil(n / 8)} uint8 bytes")
+        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool))
+    else:
+        indices = record.get("indices")
+        integer = torch.is_tensor(indices) and indices.dtype in (torch.int32, torch.int64)
+        if not integer or indices.dim() != 1:
+            raise bad("indices must be a 1-D int32/int64 tensor")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise bad(f"indices outside 0..{n - 1}")
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[indices.long()] = True
+        if int(keep.sum()) != indices.numel():
+            raise bad("repeated indices")
+    if int(keep.sum()) != values.numel():
+        raise bad(f"{int(keep.sum())} positions but {values.numel()} values")
+    flat = torch.zeros(n, dtype=values.dtype)
+    flat[keep] = values
+    return flat.reshape(shape), keep.reshape(shape)
+
+
+def load_sparse(path: str | Path) -> OrderedDict[str, torch.Tensor]:
+    """Read a sparse file back into the dense state_dict it was written from (identical tensors)."""
+    data = _read_sparse(path)
+    return OrderedDict((name, _decode(path, name, rec)[0]) for name, rec in data["tensors"].items())
+
+
+def load_sparse_mask(path: str | Path) -> dict[str, torch.Tensor]:
+    """The survivor mask of every sparse-encoded tensor of a sparse file (dense records are left out)."""
+    data = _read_sparse(path)
+    masks = {}
+    for name, rec in data["tensors"].items():
+        keep = _decode(path, name, rec)[1]
+        if keep is not None:
+            masks[name] = keep
+    return masks
+
+
+# ----- masks applied to state_dicts -----------------------------------------------------------------
+def masked_state_dict(state_dict: Mapping[str, torch.Tensor],
+                      mask: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """A detached CPU copy of `state_dict` with every pruned weight exactly +0.0."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for name, tensor in state_dict.items():
+        out[name] = tensor.detach().to("cpu", copy=True)
+    for name, keep in mask.items():
+        if name not in out:
+            raise ExportError(f"the mask prunes {name!r}, which the weights do not contain")
+        if tuple(keep.shape) != tuple(out[name].shape):
+            raise ExportError(f"{name!r}: mask shape {tuple(keep.shape)} but weight shape "
+                              f"{tuple(out[name].shape)}")
+        out[name].masked_fill_(~keep.to("cpu", torch.bool), 0.0)
+    return out
+
+
+# ----- run directories ------------------------------------------------------------------------------
+def round_path(run_dir: str | Path, r: int) -> Path:
+    return Path(run_dir) / f"round_{r:02d}"
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """The path of a COLT run directory, or one clear error when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: no such run directory")
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "init.pt").is_file():
+        raise ExportError(f"{run_dir}: not a COLT run directory (it lacks config.yaml or init.pt); pass the "
+                          "--out directory of tools/train_colt_det.py or of the classifier tool")
+    return run_dir
+
+
+def round_indices(run_dir: str | Path) -> list[int]:
+    """Rounds whose mask is on disk, in order."""
+    found = []
+    for path in Path(run_dir).glob("round_*"):
+        suffix = path.name.removeprefix("round_")
+        if suffix.isdigit() and (path / "mask.pt").is_file():
+            found.append(int(suffix))
+    return sorted(found)
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """A run is finished once its ticket.pt is written."""
+    return (Path(run_dir) / "ticket.pt").is_file()
+
+
+def read_ticket_header(run_dir: str | Path) -> dict[str, Any]:
+    """Architecture, sparsity and meta of a finished run's ticket, without reading θ0 into memory."""
+    path = Path(run_dir) / "ticket.pt"
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise ExportError(f"{path}: file not found") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many unrelated types for a damaged file
+        raise ExportError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); the ticket file is "
+                          "damaged, resume the run to rewrite it") from None
+    if not isinstance(data, Mapping) or data.get("format") != TICKET_FORMAT or "architecture" not in data:
+        raise ExportError(f"{path}: not a COLT ticket file")
+    return {"architecture": dict(data["architecture"]), "sparsity": dict(data.get("sparsity", {})),
+            "meta": dict(data.get("meta", {}))}
+
+
+def _rounds_text(rounds: Sequence[int]) -> str:
+    return ", ".join(map(str, rounds)) if rounds else "none"
+
+
+def load_round_ticket(run_dir: str | Path, round: int | None = None,
+                      architecture: Mapping[str, Any] | None = None) -> Ticket:
+    """The ticket of one round (its mask + θ0), or the run's final ticket when `round` is None.
+
+    `architecture` describes the model when the run is unfinished (it has no ticket.pt yet). The
+    returned ticket's meta holds the run's meta plus `round` and `run_dir`.
+    """
+    run_dir = check_run_dir(run_dir)
+    rounds = round_indices(run_dir)
+    finished = is_finished(run_dir)
+    header = read_ticket_header(run_dir) if finished else None
+    if round is None:
+        if header is None:
+            raise ExportError(f"{run_dir}: the run is unfinished (no ticket.pt); choose one of its rounds "
+                              f"with --round N (rounds on disk: {_rounds_text(rounds)}) or finish it "
+                              "with --resume")
+        round = int(header["meta"].get("rounds", rounds[-1] if rounds else 0))
+    if round not in rounds:
+        state = "" if finished else " (the run is unfinished: no ticket.pt)"
+        raise ExportError(f"{run_dir}: round {round} does not exist{state}; rounds on disk: "
+                          f"{_rounds_text(rounds)}")
+    rdir = round_path(run_dir, round)
+    mask = load_checkpoint(rdir / "mask.pt")
+    init = load_checkpoint(run_dir / "init.pt")
+    if header is not None:
+        arch, meta = header["architecture"], dict(header["meta"])
+    elif architecture is not None:
+        arch, meta = dict(architecture), {}
+    else:
+        raise ExportError(f"{run_dir}: the run is unfinished (no ticket.pt) and no architecture "
+                          "description was given; finish the run with --resume, or pass the architecture")
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = read_json(summary_path)
+        meta.setdefault("method", summary.get("method"))
+        meta.setdefault("partitions", summary.get("partitions"))
+    sparsity_path = rdir / "sparsity.json"
+    sparsity = read_json(sparsity_path) if sparsity_path.is_file() else sparsity_report(mask)
+    final_round = header["meta"].get("rounds") if header is not None else None
+    meta.update(round=round, run_dir=str(run_dir), final=round == final_round)
+    ticket = Ticket(mask=dict(mask), init=dict(init), architecture=dict(arch), sparsity=sparsity, meta=meta)
+    try:
+        validate_ticket(ticket, source=str(rdir / "mask.pt"))
+    except TicketError as exc:
+        raise ExportError(str(exc)) from None
+    return ticket
+
+
+def evaluated_rounds(run_dir: str | Path) -> list[int]:
+    """Rounds whose ticket was trained on the full data and evaluated."""
+    return [r for r in round_indices(run_dir) if (round_path(run_dir, r) / "eval" / "metrics.json").is_file()]
+
+
+def trained_weights_path(run_dir: str | Path, round: int) -> Path:
+    """The trained full-data model of a round's ticket evaluation (LTH rounds may reuse their training)."""
+    run_dir = Path(run_dir)
+    edir = round_path(run_dir, round) / "eval"
+    if (edir / "model.pt").is_file():
+        return edir / "model.pt"
+    if (edir / "metrics.json").is_file():
+        reused = (read_json(edir / "metrics.json").get("train") or {}).get("reused")
+        if reused and (run_dir / reused / "model.pt").is_file():
+            return run_dir / reused / "model.pt"
+    evaluated = [r for r in evaluated_rounds(run_dir) if r != round]
+    raise ExportError(f"{run_dir}: round {round} has no trained full-data model (its ticket was not "
+                      f"evaluated, or its model file was deleted); use --source ticket, or a round with one: "
+                      f"{_rounds_text(evaluated)}")
+
+
+# ----- exporting ------------------------------------------------------------------------------------
+def _keep_name(name: str) -> str | None:
+    return name
+
+
+@dataclass
+class ExportTarget:
+    """What a front end exports: its model (built from the architecture) and the exported weights' names.
+
+    `rename` maps a model state_dict key to its name in the exported file, or None to leave it out
+    (the detector keeps its backbone only, keyed like torchvision's `vgg16().features`).
+    """
+
+    model: nn.Module
+    output_layers: tuple[str, ...] = ()
+    rename: Callable[[str], str | None] = _keep_name
+    stem: str = "model"
+    description: str = "the model's state_dict"
+
+
+@dataclass
+class ExportResult:
+    """Files written by `export_run`, their sizes, the sparsity reports, and the model holding the weights."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    sizes: dict[str, int]
+    round: int
+    source: str
+    model_report: dict[str, Any]
+    exported_report: dict[str, Any]
+    model: nn.Module = field(repr=False)
+    exported: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    def sparsity_markdown(self) -> str:
+        return sparsity_markdown(self.model_report, self.exported_report)
+
+
+def sparsity_markdown(model_report: Mapping[str, Any], exported_report: Mapping[str, Any]) -> str:
+    """Both sparsity tables of an export: the whole model's prunable weights, then the exported tensors."""
+    return "\n".join(["## Model (all prunable weights)", "", format_sparsity_table(dict(model_report)), "",
+                      "## Exported weights", "", format_sparsity_table(dict(exported_report)), ""])
+
+
+def _renamed_groups(model_report: Mapping[str, Any], renamed: Mapping[str, str]) -> list[PruneGroup]:
+    """The model's prune groups restricted to the exported weights, under their exported names."""
+    members: dict[str, list[str]] = {}
+    for name, row in model_report.get("layers", {}).items():
+        if name in renamed and row.get("group"):
+            members.setdefault(row["group"], []).append(renamed[name])
+    rates = {g: row.get("rate_per_round", 0.0) for g, row in model_report.get("groups", {}).items()}
+    return [PruneGroup(g, float(rates.get(g, 0.0)), tuple(names)) for g, names in members.items()]
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path,
+               make_target: Callable[[Mapping[str, Any]], ExportTarget], *, round: int | None = None,
+               source: str = "ticket", architecture: Mapping[str, Any] | None = None) -> ExportResult:
+    """Export one round of a run (or its final ticket): dense and sparse weights, the ticket, sparsity tables.
+
+    `source="ticket"`: the weights are m ⊙ θ0 (the ticket, for retraining); `"trained"`: the trained
+    full-data model of that round's evaluation, with the mask re-applied so pruned weights are exactly 0.
+    """
+    if source not in SOURCES:
+        raise ExportError(f"source must be one of {SOURCES}, got {source!r}")
+    ticket = load_round_ticket(run_dir, round, architecture)
+    r = int(ticket.meta["round"])
+    try:
+        target = make_target(ticket.architecture)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ExportError(f"{run_dir}: cannot build the model of architecture "
+                          f"{ticket.architecture.get('name')!r}: {exc}") from None
+    try:
+        check_ticket_fits(ticket, target.model, target.output_layers, source=f"{run_dir} round {r}")
+    except TicketError as exc:
+        raise ExportError(f"mismatched architecture: {exc}") from None
+    if source == "trained":
+        weights_path = trained_weights_path(run_dir, r)
+        raw = load_checkpoint(weights_path)
+        revived = sum(int(torch.count_nonzero(raw[n][~m])) for n, m in ticket.mask.items()
+                      if n in raw and raw[n].shape == m.shape)
+        if revived:
+            # Training re-applies the mask after every step, so this means the file was altered.
+            log.warning("%s: %d pruned weights are not zero in the trained model; they are exported as zero",
+                        weights_path, revived)
+    else:
+        weights_path, raw = Path(run_dir) / "init.pt", ticket.init
+    weights = masked_state_dict(raw, ticket.mask)
+    try:
+        target.model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ExportError(f"mismatched architecture: {weights_path} does not fit the model built from "
+                          f"{ticket.architecture.get('name')!r}: {' '.join(first[:3])}") from None
+
+    exported: OrderedDict[str, torch.Tensor] = OrderedDict()
+    exported_mask: dict[str, torch.Tensor] = {}
+    renamed: dict[str, str] = {}
+    for name, tensor in weights.items():
+        new = target.rename(name)
+        if new is None:
+            continue
+        exported[new] = tensor
+        if name in ticket.mask:
+            exported_mask[new] = ticket.mask[name]
+            renamed[name] = new
+    if not exported:
+        raise ExportError(f"nothing to export: no weight of {ticket.architecture.get('name')!r} is part of "
+                          f"{target.description}")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exported_report = sparsity_report(exported_mask, _renamed_groups(ticket.sparsity, renamed))
+    meta = {"run_dir": str(run_dir), "round": r, "source": source, "architecture": ticket.architecture,
+            "contents": target.description}
+    files = {"dense": out_dir / f"{target.stem}.pth", "sparse": out_dir / f"{target.stem}.sparse.pt",
+             "ticket": out_dir / "ticket.pt", "sparsity_md": out_dir / "sparsity.md",
+             "sparsity_json": out_dir / "sparsity.json", "manifest": out_dir / "export.json"}
+    atomic_save(exported, files["dense"])
+    save_sparse(exported, files["sparse"], exported_mask, meta=meta)
+    save_ticket(Ticket(mask=ticket.mask, init=ticket.init, architecture=ticket.architecture,
+                       sparsity=ticket.sparsity, meta={**ticket.meta, "exported_from": str(run_dir)}),
+                files["ticket"])
+    title = f"# Sparsity of {Path(run_dir).name}, round {r} ({source})\n\n"
+    atomic_write_text(title + sparsity_markdown(ticket.sparsity, exported_report), files["sparsity_md"])
+    atomic_write_json({"round": r, "source": source, "model": ticket.sparsity, "exported": exported_report},
+                      files["sparsity_json"])
+    sizes = {k: p.stat().st_size for k, p in files.items() if k != "manifest"}
+    atomic_write_json({**meta, "files": {k: p.name for k, p in files.items()}, "bytes": sizes,
+                       "sparsity": ticket.sparsity.get("overall", {}).get("sparsity"),
+                       "exported_sparsity": exported_report["overall"]["sparsity"]}, files["manifest"])
+    return ExportResult(out_dir=out_dir, files=files, sizes=sizes, round=r, source=source,
+                        model_report=ticket.sparsity, exported_report=exported_report, model=target.model,
+                        exported=dict(exported))
+
+
+# ----- ONNX -----------------------------------------------------------------------------------------
+def require_onnx() -> None:
+    """torch.onnx needs the `onnx` package; say how to get it before a slow trace fails."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ExportError("ONNX export needs the onnx package, which is not installed: pip install onnx")
+
+
+def export_onnx(model: nn.Module, example_args: tuple[Any, ...], path: str | Path, *,
+                input_names: Sequence[str], output_names: Sequence[str],
+                dynamic_axes: Mapping[str, Any] | None = None, opset: int = 17) -> Path:
+    """Trace `model` (in eval mode, on the CPU) to an ONNX file, written atomically."""
+    require_onnx()
+    model = model.eval().cpu()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but is the one that handles torchvision's detectors.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example_args, buffer, opset_version=opset, input_names=list(input_names),
+                          output_names=list(output_names), dynamic_axes=dict(dynamic_axes or {}),
+                          dynamo=False)
+    atomic_write_bytes(buffer.getvalue(), path)
+    return Path(path)
+
+
+def verify_onnx(path: str | Path, feeds: Mapping[str, np.ndarray],
+                expected: Sequence[np.ndarray]) -> dict[str, Any] | None:
+    """Run the ONNX file in onnxruntime when it is importable; the largest output difference to PyTorch's.
+
+    Returns None when onnxruntime is not installed (it is optional, not a dependency).
+    """
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, dict(feeds))
+    diffs = []
+    for got, want in zip(outputs, expected):
+        if np.shape(got) != np.shape(want):
+            diffs.append(math.inf)
+        elif np.size(want):
+            diffs.append(float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)))))
+        else:
+            diffs.append(0.0)
+    return {"outputs": len(outputs), "max_abs_diff": max(diffs, default=0.0),
+            "shapes": [list(np.shape(o)) for o in outputs]}
+
+
+__all__ = [
+    "SOURCES", "SPARSE_FORMAT", "ExportError", "ExportResult", "ExportTarget",
+    "SparseFormatError", "check_run_dir", "encode_sparse", "evaluated_rounds", "export_onnx", "export_run",
+    "is_finished", "load_round_ticket", "load_sparse", "load_sparse_mask", "masked_state_dict",
+    "read_ticket_header", "require_onnx", "round_indices", "round_path", "save_sparse", "sparsity_markdown",
+    "trained_weights_path", "verify_onnx",
+]
