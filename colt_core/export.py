@@ -62,9 +62,13 @@ class SparseFormatError(ValueError):
 
 # ----- sparse state_dicts --------------------------------------------------------------------------
 def _sparse_record(name: str, tensor: torch.Tensor, keep: torch.Tensor | None) -> dict[str, Any]:
-    """The smallest encoding of one tensor: dense, a packed bit mask + values, or int32 indices + values."""
+    """The smallest encoding of one tensor: a packed bit mask + values, int32 indices + values, or dense.
+
+    A masked tensor always keeps its positions (bit mask or indices), so its mask reads back exactly.
+    """
     tensor = tensor.detach().cpu()
     dense = {"encoding": "dense", "tensor": tensor.clone()}
+    masked = keep is not None
     if keep is None:
         if not tensor.is_floating_point() or tensor.dim() == 0:
             return dense
@@ -80,6 +84,8 @@ def _sparse_record(name: str, tensor: torch.Tensor, keep: torch.Tensor | None) -
     index_bytes = 4 if n < 2**31 else 8
     sizes = {"dense": n * item, "bitmask": math.ceil(n / 8) + alive * item,
              "indices": alive * (index_bytes + item)}
+    if masked:
+        del sizes["dense"]
     encoding = min(sizes, key=lambda k: (sizes[k], k != "dense"))
     if encoding == "dense":
         return dense
@@ -95,16 +101,18 @@ def _sparse_record(name: str, tensor: torch.Tensor, keep: torch.Tensor | None) -
 
 def encode_sparse(state_dict: Mapping[str, torch.Tensor],
                   mask: Mapping[str, torch.Tensor] | None = None) -> OrderedDict[str, dict[str, Any]]:
-    """Encode a state_dict; positions come from `mask` where it names a tensor, else from its non-zeros.
-
-    With a mask, a surviving weight that happens to be exactly zero is kept as a survivor, so the
-    mask reads back exactly (`load_sparse_mask`).
+    """Encode a state_dict: with a `mask`, the tensors it names keep exactly its positions (a surviving
+    weight that is exactly zero stays a survivor) and every other tensor is stored as it is; without one,
+    the positions are the non-zeros of each floating-point tensor, where that is smaller.
     """
-    mask = mask or {}
+    if mask is None:
+        return OrderedDict((name, _sparse_record(name, t, None)) for name, t in state_dict.items())
     unknown = sorted(set(mask) - set(state_dict))
     if unknown:
         raise ValueError(f"mask names tensors the state_dict does not hold: {unknown[:5]}")
-    return OrderedDict((name, _sparse_record(name, t, mask.get(name))) for name, t in state_dict.items())
+    return OrderedDict((name, _sparse_record(name, t, mask[name]) if name in mask
+                        else {"encoding": "dense", "tensor": t.detach().cpu().clone()})
+                       for name, t in state_dict.items())
 
 
 def save_sparse(state_dict: Mapping[str, torch.Tensor], path: str | Path,
@@ -177,7 +185,7 @@ def load_sparse(path: str | Path) -> OrderedDict[str, torch.Tensor]:
 
 
 def load_sparse_mask(path: str | Path) -> dict[str, torch.Tensor]:
-    """The survivor mask of every sparse-encoded tensor of a sparse file (dense records are left out)."""
+    """The survivor mask of every tensor stored with its positions (all masked tensors of an export)."""
     data = _read_sparse(path)
     masks = {}
     for name, rec in data["tensors"].items():
@@ -216,7 +224,7 @@ def check_run_dir(run_dir: str | Path) -> Path:
         raise ExportError(f"{run_dir}: no such run directory")
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "init.pt").is_file():
         raise ExportError(f"{run_dir}: not a COLT run directory (it lacks config.yaml or init.pt); pass the "
-                          "--out directory of tools/train_colt_det.py or of the classifier tool")
+                          "--out directory of a training run (tools/train_colt_det.py or train_colt_cls.py)")
     return run_dir
 
 
@@ -353,6 +361,7 @@ class ExportResult:
     sizes: dict[str, int]
     round: int
     source: str
+    architecture: dict[str, Any]
     model_report: dict[str, Any]
     exported_report: dict[str, Any]
     model: nn.Module = field(repr=False)
@@ -388,6 +397,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path,
     """
     if source not in SOURCES:
         raise ExportError(f"source must be one of {SOURCES}, got {source!r}")
+    if Path(out_dir).resolve() == Path(run_dir).resolve():
+        raise ExportError(f"--out {out_dir} is the run directory itself, whose ticket.pt the export would "
+                          "replace; choose another folder, e.g. RUN_DIR/export")
     ticket = load_round_ticket(run_dir, round, architecture)
     r = int(ticket.meta["round"])
     try:
@@ -455,8 +467,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path,
                        "sparsity": ticket.sparsity.get("overall", {}).get("sparsity"),
                        "exported_sparsity": exported_report["overall"]["sparsity"]}, files["manifest"])
     return ExportResult(out_dir=out_dir, files=files, sizes=sizes, round=r, source=source,
-                        model_report=ticket.sparsity, exported_report=exported_report, model=target.model,
-                        exported=dict(exported))
+                        architecture=dict(ticket.architecture), model_report=ticket.sparsity,
+                        exported_report=exported_report, model=target.model, exported=dict(exported))
 
 
 # ----- ONNX -----------------------------------------------------------------------------------------

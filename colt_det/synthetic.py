@@ -1,12 +1,13 @@
 """A small synthetic Pascal VOC in the real on-disk format, for demos, tests and CPU smoke runs.
 
-Each of the 20 VOC class names is drawn as one of 5 filled shapes in one of 4 saturated colours, on a
+Each of the 20 VOC class names is drawn as a filled disc or a hollow frame in one of 10 saturated hues, on a
 mildly textured grey background, so a tiny detector can tell the classes apart within a few epochs.
 Output is a deterministic function of the arguments: the same arguments give byte-identical files.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import os
 import shutil
@@ -24,19 +25,21 @@ from colt_core.io import atomic_write_json
 from colt_det.voc import VOC_CLASSES, VOCDataError
 
 MARKER_NAME = "colt_synthetic_voc.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 YEAR = "2007"
 
-SHAPES = ("square", "disc", "triangle", "cross", "ring")
+SHAPES = ("disc", "frame")
+# Ten hues 36 degrees apart at high saturation: far enough apart that colour jitter never confuses them.
+HUE_NAMES = ("red", "orange", "chartreuse", "green", "spring", "cyan", "azure", "indigo", "violet", "rose")
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40),
-    "green": (40, 190, 60),
-    "blue": (40, 80, 225),
-    "yellow": (235, 215, 40),
+    name: tuple(round(255 * c) for c in colorsys.hsv_to_rgb(k / len(HUE_NAMES), 0.85, 0.92))  # type: ignore[misc]
+    for k, name in enumerate(HUE_NAMES)
 }
-# Class i is shape i // 4 in colour i % 4: every (shape, colour) pair names exactly one class.
+# Class i is colour i // 2 drawn as shape i % 2 (a filled disc or a hollow square frame): every
+# (shape, colour) pair names exactly one class, and the cues a tiny detector needs are colour and
+# whether the object's centre is filled, both visible at stride 16.
 CLASS_APPEARANCE: dict[str, tuple[str, str]] = {
-    name: (SHAPES[i // len(COLOURS)], tuple(COLOURS)[i % len(COLOURS)]) for i, name in enumerate(VOC_CLASSES)
+    name: (SHAPES[i % len(SHAPES)], tuple(COLOURS)[i // len(SHAPES)]) for i, name in enumerate(VOC_CLASSES)
 }
 
 MAX_OVERLAP = 0.1  # largest intersection / smaller box area between two objects of one image
@@ -102,19 +105,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
     """Fill `shape` so that it touches all four sides of the inclusive pixel box (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0 + 1, y1 - y0 + 1
-    if shape == "square":
-        draw.rectangle(box, fill=colour)
-    elif shape == "disc":
+    if shape == "disc":
         draw.ellipse(box, fill=colour)
-    elif shape == "triangle":
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=colour)
-    elif shape == "cross":
-        tx, ty = max(2, w // 3), max(2, h // 3)
-        cx, cy = x0 + (w - tx) // 2, y0 + (h - ty) // 2
-        draw.rectangle((x0, cy, x1, cy + ty - 1), fill=colour)
-        draw.rectangle((cx, y0, cx + tx - 1, y1), fill=colour)
-    elif shape == "ring":
-        draw.ellipse(box, outline=colour, width=max(2, min(w, h) // 4))
+    elif shape == "frame":
+        draw.rectangle(box, outline=colour, width=max(2, min(w, h) // 4))
     else:  # pragma: no cover - SHAPES is closed
         raise ValueError(f"unknown shape {shape!r}")
 
@@ -151,7 +145,7 @@ def _draw_image(rng: np.random.Generator, params: SyntheticVOCParams) -> tuple[I
         else:
             continue  # no free spot: the image gets one object fewer
         shape, colour_name = CLASS_APPEARANCE[name]
-        colour = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLOURS[colour_name])
+        colour = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in COLOURS[colour_name])
         _draw_shape(draw, shape, box, colour)
         objects.append({"name": name, "box": box, "difficult": difficult})
     # Sensor-like noise over everything, objects included, so their colour is not a single value.

@@ -1,0 +1,114 @@
+"""The detection run's config: data, model, augmentation, training, evaluation, plus the engine's sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from colt_core.config import at_least, closed_interval, field, open_interval, positive
+from colt_core.optim import OptimizerConfig, ScheduleConfig
+from colt_core.settings import PruneConfig, SplitConfig, check_partitions
+from colt_det.voc import VOC_CLASSES
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the synthetic VOC generated under `data.root` when missing."""
+
+    seed: int = field(0, help="generator seed")
+    image_size: int = field(128, help="square image side in pixels", check=at_least(32))
+    n_trainval: int = field(400, help="trainval images", check=at_least(2))
+    n_test: int = field(200, help="test images", check=at_least(1))
+    min_objects: int = field(1, help="fewest objects per image", check=at_least(1))
+    max_objects: int = field(3, help="most objects per image", check=at_least(1))
+    difficult_fraction: float = field(0.05, help="share of objects marked difficult", check=closed_interval(0, 1))
+
+
+@dataclass
+class DataConfig:
+    """Where Pascal VOC lives and which image sets are used."""
+
+    root: str = field("data/voc", help="folder holding VOCdevkit/ (or the VOCdevkit folder itself)")
+    train_sets: str = field("2007+2012:trainval", help="training image sets, e.g. 2007:trainval or 2007+2012:trainval")
+    test_sets: str = field("2007:test", help="test image sets for the reported mAP")
+    val_fraction: float = field(0.1, help="share of the training images held out for model selection",
+                                check=open_interval(0.0, 1.0))
+    keep_difficult: bool = field(False, help="train on difficult objects too (they are always ignored in evaluation)")
+    on_bad_annotation: Literal["error", "skip"] = field(
+        "error", help="error: stop at a bad annotation; skip: leave it out with a warning and count it")
+    num_workers: int = field(2, help="DataLoader worker processes", check=at_least(0))
+    synthetic: SyntheticConfig | None = field(None, help="generate this synthetic VOC under root when missing")
+
+
+@dataclass
+class ModelConfig:
+    """Faster R-CNN VGG16 and its tiny variants."""
+
+    width: float = field(1.0, help="backbone channel multiplier (1.0 = VGG16)", check=positive)
+    head_dim: int = field(4096, help="fc6/fc7 size (4096 = VGG16)", check=at_least(1))
+    head_dropout: float = field(0.5, help="dropout after fc6 and fc7", check=closed_interval(0.0, 0.95))
+    roi_pool: Literal["align", "pool"] = field("align", help="RoIAlign (default) or the classic RoIPool, 7x7")
+    min_size: int = field(600, help="detector input: shorter side resized to this", check=at_least(16))
+    max_size: int = field(1000, help="detector input: longer side at most this", check=at_least(16))
+    anchor_sizes: list[int] = field(default_factory=lambda: [128, 256, 512], help="RPN anchor sizes in pixels")
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0], help="RPN anchor aspect ratios")
+    rpn_batch_size_per_image: int = field(256, help="RPN anchors sampled per image", check=at_least(1))
+    rpn_pre_nms_top_n_train: int = field(2000, help="RPN proposals before NMS (training)", check=at_least(1))
+    rpn_post_nms_top_n_train: int = field(2000, help="RPN proposals after NMS (training)", check=at_least(1))
+    rpn_pre_nms_top_n_test: int = field(1000, help="RPN proposals before NMS (testing)", check=at_least(1))
+    rpn_post_nms_top_n_test: int = field(1000, help="RPN proposals after NMS (testing)", check=at_least(1))
+    box_batch_size_per_image: int = field(512, help="RoIs sampled per image", check=at_least(1))
+    box_score_thresh: float = field(0.0, help="drop detections scoring below this", check=closed_interval(0, 1))
+    box_detections_per_img: int = field(100, help="detections kept per image", check=at_least(1))
+    init: Literal["xavier", "torchvision"] = field("xavier", help="weight initialisation")
+    pretrained_backbone: str | None = field(None, help="local torchvision vgg16 state_dict file (never downloaded)")
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (albumentations, pascal_voc boxes)."""
+
+    size: int = field(600, help="square resize of training and test images", check=at_least(16))
+    hflip: float = field(0.5, help="horizontal flip probability", check=closed_interval(0.0, 1.0))
+    jitter: bool = field(True, help="photometric jitter")
+
+
+@dataclass
+class TrainConfig:
+    """One training: the paper's recipe by default (Adam 1e-4, cosine to 1.02e-6, batch 4, 50 epochs)."""
+
+    epochs: int = field(50, help="epochs per training", check=at_least(1))
+    batch_size: int = field(4, help="images per batch", check=at_least(1))
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, help="optimizer")
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, help="learning-rate schedule")
+    grad_clip: float | None = field(None, help="clip the gradient norm to this (null: no clipping)", check=positive)
+    device: str = field("auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    amp: Literal["auto", True, False] = field("auto", help="mixed precision: auto = on for CUDA")
+    progress: bool = field(True, help="progress bars on a terminal")
+
+
+@dataclass
+class EvalConfig:
+    """Ticket evaluation on the test set."""
+
+    metric: Literal["voc07", "voc12", "coco"] = field("voc07", help="the headline metric of the report")
+    coco: bool = field(True, help="also compute COCO-style mAP@[.5:.95] with pycocotools")
+    batch_size: int = field(4, help="images per inference batch", check=at_least(1))
+
+
+@dataclass
+class DetRunConfig:
+    """A COLT (or LTH) run of Faster R-CNN VGG16 on Pascal VOC."""
+
+    seed: int = field(0, help="seed of θ0, the class split and every training")
+    output_dir: str = field("runs/voc_vgg16", help="run directory (--out overrides)")
+    data: DataConfig = field(default_factory=DataConfig, help="dataset")
+    model: ModelConfig = field(default_factory=ModelConfig, help="detector")
+    augment: AugmentConfig = field(default_factory=AugmentConfig, help="augmentation")
+    train: TrainConfig = field(default_factory=TrainConfig, help="training")
+    eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation")
+    prune: PruneConfig = field(default_factory=PruneConfig, help="pruning")
+    split: SplitConfig = field(default_factory=SplitConfig, help="class partitions")
+
+    def validate(self) -> list[tuple[str, str]]:
+        return check_partitions(self.prune, self.split, len(VOC_CLASSES))

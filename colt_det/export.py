@@ -1,0 +1,119 @@
+"""Detector exports: the pruned VGG16 backbone keyed like torchvision's ``vgg16().features``, and ONNX.
+
+A detection ticket's architecture is what ``DetectionTrainer.architecture()`` stores:
+``{"name": "fasterrcnn_vgg16", "task": "detection", <the config's model: section>, "num_classes": 21}``;
+``describe_architecture`` dicts (``"vgg16_faster_rcnn"``) are accepted too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.models.detection import FasterRCNN
+
+from colt_core.config import from_dict
+from colt_core.export import ExportTarget, export_onnx, verify_onnx
+from colt_det.config import DetRunConfig, ModelConfig
+from colt_det.model import (
+    ARCHITECTURE_NAME,
+    BACKBONE_PREFIX,
+    DETECTOR_OUTPUT_LAYERS,
+    build_from_description,
+    build_vgg16_faster_rcnn,
+)
+from colt_det.voc import VOC_CLASSES
+
+DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
+BACKBONE_STEM = "vgg16_backbone"
+ONNX_OUTPUTS = ("boxes", "labels", "scores")  # the order of torchvision's output dict
+
+
+def architecture_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ticket architecture of a detection run config (as the trainer writes it), validated.
+
+    Raises ``ConfigError`` when ``config`` is not a detection run config.
+    """
+    cfg = from_dict(DetRunConfig, config)
+    return {"name": DETECTION_ARCHITECTURE, "task": "detection", **asdict(cfg.model),
+            "num_classes": len(VOC_CLASSES) + 1}
+
+
+def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
+    """Rebuild the detector a ticket's architecture describes (never reading a pretrained file).
+
+    The weights are loaded from the ticket or run afterwards, so the pretrained backbone the run may
+    have started from is not needed here (nor the machine it lived on).
+    """
+    name = architecture.get("name")
+    if name == ARCHITECTURE_NAME:
+        return build_from_description(dict(architecture))
+    if name != DETECTION_ARCHITECTURE:
+        raise ValueError(f"not a detection architecture: name {name!r} (expected {DETECTION_ARCHITECTURE!r})")
+    model_keys = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(architecture) - model_keys - {"name", "task", "num_classes"})
+    if unknown:
+        raise ValueError(f"unknown detector architecture key(s) {unknown}; allowed: {sorted(model_keys)} and "
+                         "name, task, num_classes")
+    num_classes = architecture.get("num_classes")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
+    m = from_dict(ModelConfig, {k: v for k, v in architecture.items() if k in model_keys}, prefix="model")
+    # The same arguments as DetectionTrainer.build_model, so the parameter names and shapes match.
+    return build_vgg16_faster_rcnn(
+        num_classes, width=m.width, head_dim=m.head_dim, head_dropout=m.head_dropout, roi_pool=m.roi_pool,
+        min_size=m.min_size, max_size=m.max_size, anchor_sizes=(tuple(m.anchor_sizes),),
+        aspect_ratios=(tuple(m.aspect_ratios),), rpn_batch_size_per_image=m.rpn_batch_size_per_image,
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=m.box_batch_size_per_image, box_score_thresh=m.box_score_thresh,
+        box_detections_per_img=m.box_detections_per_img, init=m.init, pretrained_backbone=None)
+
+
+def is_detection_architecture(architecture: Mapping[str, Any]) -> bool:
+    return architecture.get("task") == "detection" or architecture.get("name") in (DETECTION_ARCHITECTURE,
+                                                                                    ARCHITECTURE_NAME)
+
+
+def backbone_key(name: str) -> str | None:
+    """A detector key as its ``torchvision.models.vgg16().features`` key; None outside the backbone."""
+    return name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else None
+
+
+def is_torchvision_compatible(architecture: Mapping[str, Any]) -> bool:
+    """Whether the exported backbone has VGG16's own shapes (width 1.0), so torchvision's vgg16 loads it."""
+    return float(architecture.get("width", 1.0)) == 1.0
+
+
+def detection_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
+    """Export the detector's VGG16 backbone, keyed like ``torchvision.models.vgg16().features``."""
+    return ExportTarget(model=build_detector(architecture), output_layers=DETECTOR_OUTPUT_LAYERS,
+                        rename=backbone_key, stem=BACKBONE_STEM,
+                        description="the VGG16 backbone (keys of torchvision.models.vgg16().features)")
+
+
+def onnx_image_size(architecture: Mapping[str, Any]) -> int:
+    """The example image side for tracing: the detector's own input size."""
+    size = architecture.get("min_size", 600)
+    return int(max(size) if isinstance(size, (list, tuple)) else size)
+
+
+def export_detector_onnx(model: FasterRCNN, path: str | Path, image_size: int,
+                         seed: int = 0) -> tuple[Path, dict[str, Any] | None]:
+    """Export the detector (one 3×H×W image in, boxes/labels/scores out) to ONNX; check it in onnxruntime.
+
+    The check runs only when onnxruntime is importable and returns the largest output difference to
+    PyTorch on the example image (None otherwise).
+    """
+    model = model.eval().cpu()
+    image = torch.rand(3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    path = export_onnx(model, ([image],), path, input_names=["image"], output_names=list(ONNX_OUTPUTS),
+                       dynamic_axes={k: {0: "detections"} for k in ONNX_OUTPUTS}, opset=17)
+    with torch.no_grad():
+        out = model([image])[0]
+    check = verify_onnx(path, {"image": image.numpy()}, [out[k].numpy() for k in ONNX_OUTPUTS])
+    return path, check

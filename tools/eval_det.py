@@ -1,0 +1,103 @@
+"""Evaluate detections on Pascal VOC: per-class AP (VOC07 11-point, VOC12 area, or COCO-style).
+
+From official results files:
+    python tools/eval_det.py --voc-root DIR --year 2007 --image-set test --results DIR --metric voc07 --out FILE.json
+From a checkpoint (runs inference, on the GPU when there is one; writes results files to --results if given):
+    python tools/eval_det.py --voc-root DIR --checkpoint RUN/round_03/eval/model.pt [--run RUN] --metric voc12
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from colt_core.config import ConfigError, from_dict, read_yaml  # noqa: E402
+from colt_core.io import CheckpointError, atomic_write_json, load_checkpoint  # noqa: E402
+from colt_det.voc import VOCDataError, load_voc_records  # noqa: E402
+from colt_det.voc_eval import (  # noqa: E402
+    METRICS,
+    evaluate_detections,
+    format_per_class_table,
+    read_results_files,
+    write_results_files,
+)
+
+
+def _run_dir_of(checkpoint: Path) -> Path:
+    for parent in checkpoint.resolve().parents:
+        if (parent / "config.yaml").is_file():
+            return parent
+    raise click.ClickException(f"{checkpoint}: not inside a run directory (no config.yaml above it); "
+                               "pass --run RUN_DIR so the detector can be built as in that run")
+
+
+def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: list, device: str) -> dict:
+    import torch
+
+    from colt_core.runtime import pick_device, use_amp
+    from colt_det.config import DetRunConfig
+    from colt_det.trainer import DetectionTrainer, detect
+
+    run_dir = run or _run_dir_of(checkpoint)
+    cfg = from_dict(DetRunConfig, read_yaml(run_dir / "config.yaml"))
+    trainer = DetectionTrainer.__new__(DetectionTrainer)  # only the model builder is needed, not the data
+    trainer.cfg = cfg
+    model = trainer.build_model(20)
+    state = load_checkpoint(checkpoint)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise click.ClickException(f"{checkpoint}: does not fit the 21-way detector of {run_dir}/config.yaml "
+                                   f"({first}); partition models have fewer outputs: use a round's eval/model.pt"
+                                   ) from None
+    dev = pick_device(device)
+    with torch.no_grad():
+        return detect(model, records, size=cfg.augment.size, device=dev, amp=use_amp(dev, cfg.train.amp),
+                      batch_size=cfg.eval.batch_size)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--voc-root", required=True, type=click.Path(), help="folder holding VOCdevkit/ (or VOCdevkit itself)")
+@click.option("--year", default="2007", show_default=True, help="VOC year of the evaluated image set")
+@click.option("--image-set", default="test", show_default=True, help="image set under ImageSets/Main")
+@click.option("--results", type=click.Path(), help="folder of comp4_det_test_<class>.txt files (read, or written "
+              "when --checkpoint is given)")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="a trained 21-way detector state_dict")
+@click.option("--run", type=click.Path(file_okay=False), help="run directory whose config built the checkpoint")
+@click.option("--metric", type=click.Choice(METRICS), default="voc07", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--out", type=click.Path(dir_okay=False), help="write {metric, mAP, per_class} JSON here")
+def main(voc_root: str, year: str, image_set: str, results: str | None, checkpoint: str | None, run: str | None,
+         metric: str, device: str, out: str | None) -> None:
+    """Per-class AP of detections on a VOC image set, printed as a table and optionally saved as JSON."""
+    if results is None and checkpoint is None:
+        raise click.UsageError("give --results DIR (results files) or --checkpoint FILE (run inference)")
+    try:
+        records, _ = load_voc_records(voc_root, [(year, image_set)])
+        if checkpoint is not None:
+            detections = _detections_from_checkpoint(Path(checkpoint), Path(run) if run else None, records, device)
+            if results is not None:
+                write_results_files(results, detections)
+        else:
+            detections = read_results_files(results)
+        result = evaluate_detections(detections, records, metric)
+    except (VOCDataError, CheckpointError, ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = {"metric": metric, "mAP": result["mAP"], "per_class": result["per_class"]}
+    for key in ("AP50", "AP75"):
+        if key in result:
+            summary[key] = result[key]
+    click.echo(format_per_class_table(result))
+    if out is not None:
+        atomic_write_json(summary, out)
+        click.echo(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
