@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from colt_core.config import ConfigError, load_config, to_dict  # noqa: E402
+from colt_core.io import CheckpointError  # noqa: E402
+from colt_core.pruning import LayerCollapseError  # noqa: E402
 from colt_core.rounds import RoundLoop, RunDirError, prepare_run_dir  # noqa: E402
 from colt_det.config import DetRunConfig  # noqa: E402
 from colt_det.report import per_class_columns, per_class_markdown, write_report  # noqa: E402
@@ -49,8 +51,12 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
     def on_update(summary: dict) -> None:
         write_report(run_dir, summary, names)
 
-    result = RoundLoop(trainer, cfg.prune, cfg.split, seed=cfg.seed, run_dir=run_dir, config_dict=config,
-                       on_update=on_update).run()
+    try:
+        result = RoundLoop(trainer, cfg.prune, cfg.split, seed=cfg.seed, run_dir=run_dir, config_dict=config,
+                           on_update=on_update).run()
+    except (LayerCollapseError, VOCDataError, CheckpointError, ConfigError) as exc:
+        raise click.ClickException(f"{exc}\n(the run directory {run_dir} keeps what finished; fix the cause "
+                                   "and continue with --resume)") from None
     summary = {"method": cfg.prune.method, "partitions": cfg.prune.n_partitions, "rounds": result.rounds}
     report = write_report(run_dir, summary, names)
     final = result.rounds[-1]
