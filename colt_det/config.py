@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from colt_core.config import at_least, closed_interval, field, open_interval, positive
 from colt_core.optim import OptimizerConfig, ScheduleConfig
 from colt_core.settings import PruneConfig, SplitConfig, check_partitions
 from colt_det.voc import VOC_CLASSES
+
+DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
 
 
 @dataclass
@@ -62,6 +64,24 @@ class ModelConfig:
     box_detections_per_img: int = field(100, help="detections kept per image", check=at_least(1))
     init: Literal["xavier", "torchvision"] = field("xavier", help="weight initialisation")
     pretrained_backbone: str | None = field(None, help="local torchvision vgg16 state_dict file (never downloaded)")
+
+    def build_kwargs(self, *, pretrained: bool = True) -> dict[str, Any]:
+        """Keyword arguments of `build_vgg16_faster_rcnn` for this config (one place, so every builder agrees)."""
+        return dict(
+            width=self.width, head_dim=self.head_dim, head_dropout=self.head_dropout, roi_pool=self.roi_pool,
+            min_size=self.min_size, max_size=self.max_size, anchor_sizes=(tuple(self.anchor_sizes),),
+            aspect_ratios=(tuple(self.aspect_ratios),), rpn_batch_size_per_image=self.rpn_batch_size_per_image,
+            rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
+            box_batch_size_per_image=self.box_batch_size_per_image, box_score_thresh=self.box_score_thresh,
+            box_detections_per_img=self.box_detections_per_img, init=self.init,
+            pretrained_backbone=self.pretrained_backbone if pretrained else None)
+
+    def architecture(self) -> dict[str, Any]:
+        """The JSON-able description stored in tickets of this detector (21 outputs: 20 classes + background)."""
+        return {"name": DETECTION_ARCHITECTURE, "task": "detection", **asdict(self),
+                "num_classes": len(VOC_CLASSES) + 1}
 
 
 @dataclass

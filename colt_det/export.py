@@ -8,7 +8,7 @@ A detection ticket's architecture is what ``DetectionTrainer.architecture()`` st
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from torchvision.models.detection import FasterRCNN
 
 from colt_core.config import from_dict
 from colt_core.export import ExportTarget, export_onnx, verify_onnx
-from colt_det.config import DetRunConfig, ModelConfig
+from colt_det.config import DETECTION_ARCHITECTURE, DetRunConfig, ModelConfig
 from colt_det.model import (
     ARCHITECTURE_NAME,
     BACKBONE_PREFIX,
@@ -25,9 +25,7 @@ from colt_det.model import (
     build_from_description,
     build_vgg16_faster_rcnn,
 )
-from colt_det.voc import VOC_CLASSES
 
-DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
 BACKBONE_STEM = "vgg16_backbone"
 ONNX_OUTPUTS = ("boxes", "labels", "scores")  # the order of torchvision's output dict
 
@@ -37,9 +35,7 @@ def architecture_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises ``ConfigError`` when ``config`` is not a detection run config.
     """
-    cfg = from_dict(DetRunConfig, config)
-    return {"name": DETECTION_ARCHITECTURE, "task": "detection", **asdict(cfg.model),
-            "num_classes": len(VOC_CLASSES) + 1}
+    return from_dict(DetRunConfig, config).model.architecture()
 
 
 def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
@@ -63,15 +59,7 @@ def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
         raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
     m = from_dict(ModelConfig, {k: v for k, v in architecture.items() if k in model_keys}, prefix="model")
     # The same arguments as DetectionTrainer.build_model, so the parameter names and shapes match.
-    return build_vgg16_faster_rcnn(
-        num_classes, width=m.width, head_dim=m.head_dim, head_dropout=m.head_dropout, roi_pool=m.roi_pool,
-        min_size=m.min_size, max_size=m.max_size, anchor_sizes=(tuple(m.anchor_sizes),),
-        aspect_ratios=(tuple(m.aspect_ratios),), rpn_batch_size_per_image=m.rpn_batch_size_per_image,
-        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-        box_batch_size_per_image=m.box_batch_size_per_image, box_score_thresh=m.box_score_thresh,
-        box_detections_per_img=m.box_detections_per_img, init=m.init, pretrained_backbone=None)
+    return build_vgg16_faster_rcnn(num_classes, **m.build_kwargs(pretrained=False))
 
 
 def is_detection_architecture(architecture: Mapping[str, Any]) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from colt_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from colt_core.report import rounds_csv, rounds_markdown
 
 
 def _pct(x: float | None) -> str:
@@ -44,18 +45,6 @@ def per_class_markdown(columns: Mapping[str, Mapping[str, float]], class_names: 
         values = [v for v in columns[lab].values() if isinstance(v, (int, float)) and not math.isnan(v)]
         means.append(sum(values) / len(values) if values else None)
     lines.append("| **mAP** | " + " | ".join(f"**{_pct(m)}**" for m in means) + " |")
-    return "\n".join(lines)
-
-
-def rounds_markdown(summary: Mapping[str, Any]) -> str:
-    """A Markdown table of the rounds: sparsity both ways, the ticket metric, wall time."""
-    lines = ["| round | sparsity (prunable weights) | prune rate (all parameters) | metric | value | wall time (s) |",
-             "|---:|---:|---:|---|---:|---:|"]
-    for r in summary["rounds"]:
-        ev = r.get("eval", {})
-        value = ev.get("value")
-        lines.append(f"| {r['round']} | {100 * r['sparsity']:.2f}% | {100 * r['prune_rate']:.2f}% | "
-                     f"{ev.get('metric', '')} | {_pct(value)} | {r.get('wall_time_s', 0.0):.1f} |")
     return "\n".join(lines)
 
 
@@ -105,6 +94,7 @@ def write_report(run_dir: str | Path, summary: Mapping[str, Any], class_names: S
                   "![per-class AP](per_class_ap.png)", ""]
         plot_per_class(columns, class_names, run_dir / "per_class_ap.png", f"Per-class AP, {method}")
     atomic_write_text("\n".join(parts), run_dir / "report.md")
+    atomic_write_text(rounds_csv(summary), run_dir / "rounds.csv")
     atomic_write_json({ticket_label(r): {"round": r["round"], "sparsity": r["sparsity"],
                                           "metric": r["eval"].get("metric"), "mAP": r["eval"].get("value"),
                                           "per_class": r["eval"].get("per_class", {})}

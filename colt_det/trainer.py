@@ -85,19 +85,10 @@ class DetectionTrainer:
     # ----- the Trainer protocol ----------------------------------------------------------------
     def build_model(self, num_outputs: int) -> nn.Module:
         """A detector for `num_outputs` object classes (+1 background output)."""
-        m = self.cfg.model
-        return build_vgg16_faster_rcnn(
-            num_outputs + 1, width=m.width, head_dim=m.head_dim, head_dropout=m.head_dropout, roi_pool=m.roi_pool,
-            min_size=m.min_size, max_size=m.max_size, anchor_sizes=(tuple(m.anchor_sizes),),
-            aspect_ratios=(tuple(m.aspect_ratios),), rpn_batch_size_per_image=m.rpn_batch_size_per_image,
-            rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-            box_batch_size_per_image=m.box_batch_size_per_image, box_score_thresh=m.box_score_thresh,
-            box_detections_per_img=m.box_detections_per_img, init=m.init, pretrained_backbone=m.pretrained_backbone)
+        return build_vgg16_faster_rcnn(num_outputs + 1, **self.cfg.model.build_kwargs())
 
     def architecture(self) -> dict[str, Any]:
-        return {"name": "fasterrcnn_vgg16", "task": "detection", **asdict(self.cfg.model),
-                "num_classes": len(self.class_names) + 1}
+        return self.cfg.model.architecture()
 
     def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None) -> tuple[VOCDetectionDataset, ...]:
         """Training and validation datasets of one partition (all classes when `class_ids` is None)."""

@@ -73,7 +73,9 @@ def test_report_tables_and_per_class_files(colt_run):
     tmp, output = colt_run
     run = tmp / "run"
     report = (run / "report.md").read_text()
-    assert "| round | sparsity" in report and report.count("voc07 mAP") == 3  # rounds 0, 1 and 2 evaluated
+    assert "| round | sparsity" in report and "voc07 mAP" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3 and all(line.split("|")[4].strip() for line in rows)  # rounds 0, 1, 2 evaluated
     for name in VOC_CLASSES:
         assert f"| {name} |" in report and f"| {name} |" in output
     per_class = json.loads((run / "per_class_ap.json").read_text())
