@@ -33,6 +33,15 @@ from colt_cls.datasets import (
 from colt_cls.models import create_model, describe_architecture, prune_group_rules
 from colt_cls.synthetic import ensure_synthetic
 from colt_core.config import ConfigError
+from colt_core.distributed import (
+    DistContext,
+    all_reduce_sums,
+    distributed_sampler,
+    run_on_main,
+    set_sampler_epoch,
+    shard_for_evaluation,
+    wrap_ddp,
+)
 from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from colt_core.masks import MaskKeeper
 from colt_core.optim import build_lr_scheduler, build_optimizer
@@ -131,7 +140,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
 class ClassificationTrainer:
     """Trains and evaluates image classifiers for the engine's round loop."""
 
-    def __init__(self, cfg: ClsRunConfig, run_dir: str | Path | None = None) -> None:
+    def __init__(self, cfg: ClsRunConfig, run_dir: str | Path | None = None, dist: DistContext | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = pick_device(cfg.train.device)
@@ -140,7 +149,8 @@ class ClassificationTrainer:
             torch.set_num_threads(cfg.train.cpu_threads)
         data = cfg.data
         if data.synthetic is not None:
-            ensure_synthetic(data.name, data.root, **data.synthetic.generator_arguments(data.name))
+            # Rank 0 writes the synthetic data; the other ranks read it once it is complete.
+            run_on_main(dist, ensure_synthetic, data.name, data.root, **data.synthetic.generator_arguments(data.name))
         self.train_split = load_dataset(data.name, data.root, train=True)
         self.test_split = load_dataset(data.name, data.root, train=False)
         self.class_names = list(self.train_split.class_names)
@@ -198,13 +208,25 @@ class ClassificationTrainer:
                               "fewer partitions")
         return train, val
 
-    def _loader(self, dataset: ImageClassificationDataset, batch_size: int,
-                generator: torch.Generator | None = None) -> DataLoader:
-        shuffle = generator is not None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    def _loader(self, dataset: Any, batch_size: int, generator: torch.Generator | None = None,
+                sampler: Any = None) -> DataLoader:
+        shuffle = generator is not None or sampler is not None
+        per_rank = len(sampler) if sampler is not None else len(dataset)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                          sampler=sampler,
                           # A last training batch of one image breaks BatchNorm; drop it.
-                          drop_last=shuffle and len(dataset) % batch_size == 1,
+                          drop_last=shuffle and per_rank % batch_size == 1,
                           num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+
+    def _validate(self, model: nn.Module, loader: DataLoader, num_classes: int, ctx: DistContext | None
+                  ) -> tuple[float, float]:
+        """Validation loss and top-1 accuracy; over every rank's shard when several ranks train."""
+        result = evaluate_classifier(model, loader, self.device, num_classes, amp=self.amp)
+        if ctx is None or not ctx.data_parallel:
+            return result["loss"], result["top1"]
+        images = result["images"]
+        loss_sum, correct, count = all_reduce_sums([result["loss"] * images, result["top1"] * images, images], ctx)
+        return loss_sum / count, correct / count
 
     def train(self, job: TrainJob) -> TrainOutput:
         """Train `job.model` on the job's classes under its mask; keep the lowest-validation-loss weights."""
@@ -214,9 +236,12 @@ class ClassificationTrainer:
                         "classes": train_ds.num_classes}
         log.info("%s: %d classes, %d training and %d validation images", job.tag, train_ds.num_classes,
                  len(train_ds), len(val_ds))
-        shuffling = torch.Generator()
-        train_loader = self._loader(train_ds, cfg.batch_size, shuffling)
-        val_loader = self._loader(val_ds, self.cfg.eval.batch_size)
+        ctx = job.dist  # several ranks: each trains on its share of the images (batch_size per rank)
+        writes = ctx is None or ctx.is_group_main
+        sampler = distributed_sampler(train_ds, ctx, shuffle=True, seed=derive_seed(job.seed, "sampler"))
+        shuffling = torch.Generator() if sampler is None else None
+        train_loader = self._loader(train_ds, cfg.batch_size, shuffling, sampler)
+        val_loader = self._loader(shard_for_evaluation(val_ds, ctx), self.cfg.eval.batch_size)
         iterations = len(train_loader)
         if job.rewind_iteration > cfg.epochs * iterations:
             raise ConfigError(f"prune.rewind_iteration ({job.rewind_iteration}) exceeds the "
@@ -229,9 +254,10 @@ class ClassificationTrainer:
                                            iters_per_epoch=iterations)
         except ValueError as exc:
             raise ConfigError(f"train.schedule: {exc}") from None
-        keeper = MaskKeeper(model, job.mask, optimizer)
+        keeper = MaskKeeper(model, job.mask, optimizer)  # masks name the parameters of the unwrapped model
+        net = wrap_ddp(model, ctx)
         scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        writer = self._writer(job)
+        writer = self._writer(job) if writes else None
         late: dict[str, dict[str, torch.Tensor]] = {}
         last_val: dict[str, float] = {}
 
@@ -245,14 +271,14 @@ class ClassificationTrainer:
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
 
         def train_epoch(epoch: int) -> dict[str, float]:
-            return train_one_epoch(model, train_loader, optimizer, self.device, scheduler=scheduler,
+            set_sampler_epoch(train_loader, epoch)
+            return train_one_epoch(net, train_loader, optimizer, self.device, scheduler=scheduler,
                                    keeper=keeper, scaler=scaler, after_step=after_step, progress=cfg.progress,
                                    desc=f"{job.tag} epoch {epoch + 1}/{cfg.epochs}")
 
         def val_loss() -> float:
-            result = evaluate_classifier(model, val_loader, self.device, train_ds.num_classes, amp=self.amp)
-            last_val["accuracy"] = result["top1"]
-            return result["loss"]
+            loss, last_val["accuracy"] = self._validate(model, val_loader, train_ds.num_classes, ctx)
+            return loss
 
         def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
             log.info("%s epoch %d/%d: loss %.4f, train acc %.2f%%, val loss %.4f, val acc %.2f%%", job.tag,
@@ -273,13 +299,14 @@ class ClassificationTrainer:
                      rewind_state=lambda: late.get("state"),
                      settings={"iterations_per_epoch": iterations, "batch_size": cfg.batch_size,
                                "rewind_iteration": job.rewind_iteration, **data_summary},
-                     generators=[shuffling])
-        checkpoint.unlink(missing_ok=True)
+                     generators=[shuffling] if shuffling is not None else [], dist=ctx)
+        if writes:
+            checkpoint.unlink(missing_ok=True)
         if writer is not None:
             writer.close()
-        best = evaluate_classifier(model, val_loader, self.device, train_ds.num_classes, amp=self.amp)
+        _, best_accuracy = self._validate(model, val_loader, train_ds.num_classes, ctx)
         metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
-                   "val_accuracy": best["top1"], "history": result.history, "data": data_summary}
+                   "val_accuracy": best_accuracy, "history": result.history, "data": data_summary}
         return TrainOutput(result.best_state, metrics, result.rewind_state)
 
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
@@ -303,22 +330,28 @@ class ClassificationTrainer:
 
 
 def train_ticket(trainer: ClassificationTrainer, ticket_path: str | Path, run_dir: str | Path, *, seed: int,
-                 config_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 config_dict: Mapping[str, Any] | None = None, dist: DistContext | None = None) -> dict[str, Any]:
     """Train a ticket (mask + θ0, possibly found on another dataset) on `trainer`'s full dataset; evaluate it.
 
     The model comes from the trainer's config with the dataset's class count; every weight but the freshly
     initialised head must match the ticket's names and shapes. Writes config.yaml, model.pt and metrics.json
     under `run_dir` (an unfinished training resumes from its checkpoint there) and returns the metrics.
+    Under torchrun (`dist`) every rank trains data-parallel and rank 0 alone writes and evaluates.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config_dict is not None and not (run_dir / "config.yaml").is_file():
-        import yaml
-
-        atomic_write_text(yaml.safe_dump(dict(config_dict), sort_keys=False), run_dir / "config.yaml")
     metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        return read_json(metrics_path)
+
+    def stored_metrics() -> dict[str, Any] | None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config_dict is not None and not (run_dir / "config.yaml").is_file():
+            import yaml
+
+            atomic_write_text(yaml.safe_dump(dict(config_dict), sort_keys=False), run_dir / "config.yaml")
+        return read_json(metrics_path) if metrics_path.is_file() else None
+
+    stored = run_on_main(dist, stored_metrics)
+    if stored is not None:
+        return stored
     seed_everything(derive_seed(seed, "head", "ticket"))
     model = trainer.build_model(len(trainer.class_names))
     ticket = load_ticket(ticket_path)
@@ -331,17 +364,21 @@ def train_ticket(trainer: ClassificationTrainer, ticket_path: str | Path, run_di
     rewind(model, ticket.init, ticket.mask, trainer.output_layers, keep_output=True)
     job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask=ticket.mask,
                    seed=derive_seed(seed, "ticket", "transfer"), workdir=run_dir,
-                   data_seed=derive_seed(seed, "data"))
+                   data_seed=derive_seed(seed, "data"), dist=dist)
     start = time.perf_counter()
     out = trainer.train(job)
     model.load_state_dict(out.state_dict)
-    metrics = dict(trainer.evaluate(model, job))
-    total_params = sum(p.numel() for p in model.parameters())
-    sparsity = sparsity_report(ticket.mask, total_params=total_params)
-    metrics.update(
-        train=out.metrics, wall_time_s=time.perf_counter() - start,
-        ticket={"path": str(ticket_path), "architecture": ticket.architecture, "meta": ticket.meta,
-                "sparsity": sparsity["overall"]["sparsity"], "prune_rate": sparsity["prune_rate"]["rate"]})
-    atomic_save(out.state_dict, run_dir / "model.pt")
-    atomic_write_json(metrics, metrics_path)
-    return metrics
+
+    def evaluate_and_write() -> dict[str, Any]:
+        metrics = dict(trainer.evaluate(model, job))
+        total_params = sum(p.numel() for p in model.parameters())
+        sparsity = sparsity_report(ticket.mask, total_params=total_params)
+        metrics.update(
+            train=out.metrics, wall_time_s=time.perf_counter() - start,
+            ticket={"path": str(ticket_path), "architecture": ticket.architecture, "meta": ticket.meta,
+                    "sparsity": sparsity["overall"]["sparsity"], "prune_rate": sparsity["prune_rate"]["rate"]})
+        atomic_save(out.state_dict, run_dir / "model.pt")
+        atomic_write_json(metrics, metrics_path)
+        return metrics
+
+    return run_on_main(dist, evaluate_and_write)

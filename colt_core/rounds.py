@@ -20,6 +20,13 @@ import torch
 from torch import nn
 
 from colt_core.config import ConfigError
+from colt_core.distributed import (
+    DistContext,
+    check_same_across_ranks,
+    gather_to_main,
+    partition_contexts,
+    run_on_main,
+)
 from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint, read_json
 from colt_core.masks import Mask, intersect_masks, ones_mask
 from colt_core.partition import split_classes, validate_groups
@@ -51,6 +58,7 @@ class TrainJob:
     rewind_iteration: int = 0  # >0: return the weights after this many iterations too
     non_iid_max_drop: float = 0.0  # >0: drop a seeded random share of each class's samples
     data_seed: int = 0
+    dist: DistContext | None = None  # the ranks that train this job together; None: this process alone
 
     @property
     def tag(self) -> str:
@@ -81,7 +89,12 @@ class Trainer(Protocol):
         """A JSON-able description of the architecture, stored in tickets."""
 
     def train(self, job: TrainJob) -> TrainOutput:
-        """Train `job.model` on the job's classes under `job.mask`; return the selected weights."""
+        """Train `job.model` on the job's classes under `job.mask`; return the selected weights.
+
+        When `job.dist` holds several ranks they all call this: train data-parallel (see
+        `colt_core.distributed.wrap_ddp` and `distributed_sampler`), give `fit` the context, and write working
+        files only on `job.dist.is_group_main`.
+        """
 
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
         """Test-set metrics of a full-data model: at least {"metric": name, "value": float}."""
@@ -147,8 +160,11 @@ class RoundLoop:
 
     def __init__(self, trainer: Trainer, prune: PruneConfig, split: SplitConfig, *, seed: int,
                  run_dir: str | Path, config_dict: Mapping[str, Any],
-                 on_update: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_update: Callable[[dict[str, Any]], None] | None = None, dist: DistContext | None = None) -> None:
         self.trainer, self.prune, self.split, self.seed = trainer, prune, split, seed
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self._partition_ctx: list[DistContext | None] = []
         self.run_dir = Path(run_dir)
         self.config_dict = dict(config_dict)
         self.on_update = on_update
@@ -212,88 +228,191 @@ class RoundLoop:
         rewind(model, init, mask, self.output_layers, keep_output=keep_output)
         return model
 
-    def _train_partition(self, r: int, i: int, class_ids: list[int], init: dict, mask: Mask,
-                         late: dict[int, dict]) -> tuple[dict[str, torch.Tensor], dict]:
+    def _stored_mask(self, r: int, mask: Mask) -> Mask | None:
+        """The mask stored for round `r` (a resumed run), or None after storing `mask` as that mask."""
+        mask_path = round_dir(self.run_dir, r) / "mask.pt"
+        if mask_path.is_file():
+            return load_checkpoint(mask_path)
+        atomic_save(mask, mask_path)
+        return None
+
+    def _finished_partitions(self, r: int, n: int) -> list[int]:
+        """Partitions of round `r` whose selected model and metrics are on disk already."""
+        pdirs = [round_dir(self.run_dir, r) / f"partition_{i}" for i in range(n)]
+        return [i for i, pdir in enumerate(pdirs)
+                if (pdir / "model.pt").is_file() and (pdir / "metrics.json").is_file()]
+
+    def _load_partition(self, r: int, i: int) -> tuple[dict[str, torch.Tensor], dict]:
         pdir = round_dir(self.run_dir, r) / f"partition_{i}"
-        model_path, metrics_path = pdir / "model.pt", pdir / "metrics.json"
-        if model_path.is_file() and metrics_path.is_file():
-            return load_checkpoint(model_path), read_json(metrics_path)
-        pdir.mkdir(parents=True, exist_ok=True)
+        return load_checkpoint(pdir / "model.pt"), read_json(pdir / "metrics.json")
+
+    def _save_partition(self, r: int, i: int, state: dict[str, torch.Tensor], metrics: dict,
+                        rewind_state: dict[str, torch.Tensor] | None) -> None:
+        pdir = round_dir(self.run_dir, r) / f"partition_{i}"
+        if rewind_state is not None:
+            atomic_save(rewind_state, pdir / "rewind.pt")
+        atomic_save(state, pdir / "model.pt")
+        atomic_write_json(metrics, pdir / "metrics.json")
+
+    def _train_partition(self, r: int, i: int, class_ids: list[int], init: dict, mask: Mask,
+                         ctx: DistContext | None) -> tuple[dict[str, torch.Tensor], dict, dict | None]:
+        """Train partition `i` of round `r` on this rank (with the other ranks of `ctx`); writes nothing but
+        the trainer's working files."""
+        pdir = round_dir(self.run_dir, r) / f"partition_{i}"
+        if ctx is None or ctx.is_group_main:
+            pdir.mkdir(parents=True, exist_ok=True)
         lth = self.prune.method == "lth"
+        late = self._late
         start = late.get(i, init)
         model = self._build(len(class_ids), ("partition", i), start, mask, keep_output=not lth and i not in late)
         job = TrainJob(round=r, partition=i, class_ids=None if lth else list(class_ids), model=model, mask=mask,
                        seed=derive_seed(self.seed, "train", r, i), workdir=pdir,
                        rewind_iteration=self.prune.rewind_iteration if (r == 0 and self.prune.rewind_iteration) else 0,
                        non_iid_max_drop=self.split.non_iid_max_drop if self.split.non_iid else 0.0,
-                       data_seed=derive_seed(self.seed, "data"))
+                       data_seed=derive_seed(self.seed, "data"), dist=ctx)
         t0 = time.perf_counter()
         out = self.trainer.train(job)
         metrics = {**out.metrics, "wall_time_s": time.perf_counter() - t0, "classes": list(class_ids)}
-        if out.rewind_state is not None:
-            atomic_save(out.rewind_state, pdir / "rewind.pt")
-        atomic_save(out.state_dict, model_path)
-        atomic_write_json(metrics, metrics_path)
-        return out.state_dict, metrics
+        return out.state_dict, metrics, out.rewind_state
 
-    def _evaluate(self, r: int, init: dict, mask: Mask, lth_state: dict | None) -> dict:
+    def _train_round(self, r: int, class_groups: list[list[int]], init: dict, mask: Mask
+                     ) -> tuple[list[dict[str, torch.Tensor]] | None, list[dict]]:
+        """Train (or read back) every partition of round `r`: the selected weights (on rank 0; None on the
+        other ranks) and the metrics (on every rank).
+
+        Each rank trains the partitions `partition_ranks` gives it; the first rank of each partition's
+        group hands the result to rank 0, which writes it. Rank 0 writes its own results as soon as they
+        exist, so a run stopped by another rank's failure keeps them.
+        """
+        n = len(class_groups)
+        done = set(self._on_main(self._finished_partitions, r, n))
+        results: dict[int, tuple[dict, dict]] = {}
+        outgoing: dict[int, tuple[dict, dict, dict | None]] = {}
+        for i, class_ids in enumerate(class_groups):
+            ctx = self._partition_ctx[i]
+            if i in done or (self.dist is not None and ctx is None):
+                continue
+            state, metrics, rewind_state = self._train_partition(r, i, class_ids, init, mask, ctx)
+            if ctx is not None and not ctx.is_group_main:
+                continue
+            if self.is_main:
+                self._save_partition(r, i, state, metrics, rewind_state)
+                results[i] = (state, metrics)
+            else:
+                outgoing[i] = (state, metrics, rewind_state)
+        handed = gather_to_main(self.dist, outgoing, f"waiting for the partition trainings of round {r}")
+        trained = None
+        if self.is_main:
+            for part in handed or []:
+                for i, (state, metrics, rewind_state) in part.items():
+                    self._save_partition(r, i, state, metrics, rewind_state)
+                    results[i] = (state, metrics)
+            for i in done:
+                results[i] = self._load_partition(r, i)
+            trained = [results[i][0] for i in range(n)]
+        def partition_metrics() -> list[dict]:
+            return [results[i][1] for i in range(n)]
+
+        return trained, self._on_main(partition_metrics)
+
+    def _late_rewind_states(self, n: int) -> dict[int, dict[str, torch.Tensor]]:
+        """The late-rewinding weights stored by the partitions of round 0."""
+        paths = {i: round_dir(self.run_dir, 0) / f"partition_{i}" / "rewind.pt" for i in range(n)}
+        return {i: load_checkpoint(path) for i, path in paths.items() if path.is_file()}
+
+    def _evaluate(self, r: int, init: dict, mask: Mask, lth_state: dict | None, *, reuse: bool = False) -> dict:
+        """Train the ticket of round `r` on the full data (every rank, data-parallel) and evaluate it on rank 0.
+
+        With `reuse` (LTH), the round's own full-data model (`lth_state`, on rank 0) is the evaluated one.
+        """
         edir = round_dir(self.run_dir, r) / "eval"
         metrics_path = edir / "metrics.json"
-        if metrics_path.is_file():
-            return read_json(metrics_path)
-        edir.mkdir(parents=True, exist_ok=True)
+
+        def stored_metrics() -> dict | None:
+            if metrics_path.is_file():
+                return read_json(metrics_path)
+            edir.mkdir(parents=True, exist_ok=True)
+            return None
+
+        stored = self._on_main(stored_metrics)
+        if stored is not None:
+            return stored
         lth = self.prune.method == "lth"
         start = self._late.get(0, init) if lth else init
         model = self._build(self.num_classes, "ticket", start, mask, keep_output=not lth)
         job = TrainJob(round=r, partition=None, class_ids=None, model=model, mask=mask,
                        seed=derive_seed(self.seed, "ticket", r), workdir=edir,
-                       data_seed=derive_seed(self.seed, "data"))
+                       data_seed=derive_seed(self.seed, "data"), dist=self.dist)
         t0 = time.perf_counter()
-        if lth_state is not None:
+        if reuse:
             # LTH trains the full data under this mask anyway: that model is the ticket's evaluation.
-            model.load_state_dict(lth_state)
+            if self.is_main:
+                model.load_state_dict(lth_state)
             train_metrics: dict[str, Any] = {"reused": f"round_{r:02d}/partition_0"}
         else:
             out = self.trainer.train(job)
             model.load_state_dict(out.state_dict)
-            atomic_save(out.state_dict, edir / "model.pt")
+            if self.is_main:
+                atomic_save(out.state_dict, edir / "model.pt")
             train_metrics = out.metrics
-        metrics = dict(self.trainer.evaluate(model, job))
-        metrics.update(train=train_metrics, wall_time_s=time.perf_counter() - t0)
-        atomic_write_json(metrics, metrics_path)
-        return metrics
+
+        def evaluate() -> dict:
+            metrics = dict(self.trainer.evaluate(model, job))
+            metrics.update(train=train_metrics, wall_time_s=time.perf_counter() - t0)
+            atomic_write_json(metrics, metrics_path)
+            return metrics
+
+        return self._on_main(evaluate)
+
+    def _intersection(self, trained: list[dict[str, torch.Tensor]], mask: Mask, groups: list[PruneGroup]) -> Mask:
+        masks = [magnitude_prune(state, mask, groups, on_layer_collapse=self.prune.on_layer_collapse)
+                 for state in trained]
+        return intersect_masks(masks)
 
     def _wants_eval(self, r: int, final: bool) -> bool:
         mode = self.prune.evaluate
         return mode == "all" or (mode in ("final", "first_last") and final) or (mode == "first_last" and r == 0)
 
+    def _on_main(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the rank that owns the run directory; every rank gets the result."""
+        return run_on_main(self.dist, fn, *args)
+
     # ----- the loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Run (or continue) rounds until the target sparsity or the round limit; write the ticket."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            import yaml
+        """Run (or continue) rounds until the target sparsity or the round limit; write the ticket.
 
-            atomic_write_text(yaml.safe_dump(self.config_dict, sort_keys=False), cfg_path)
-        class_groups = self._class_groups()
-        init = self._init_weights()
+        Under torchrun every rank calls this; the partitions of a round are spread over the ranks, the
+        full-data trainings use every rank, and rank 0 alone writes the run directory.
+        """
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg_path = self.run_dir / "config.yaml"
+            if not cfg_path.is_file():
+                import yaml
+
+                atomic_write_text(yaml.safe_dump(self.config_dict, sort_keys=False), cfg_path)
+        class_groups = self._on_main(self._class_groups)
+        init = self._on_main(self._init_weights)
         groups, total_params = self._groups()
         prunable = [n for g in groups for n in g.params]
         seed_everything(0)
         mask = ones_mask(self.trainer.build_model(self.num_classes), prunable)
-        late = self._late
+        n = len(class_groups)
+        self._partition_ctx = partition_contexts(self.dist, n) if self.dist is not None else [None] * n
+        if self.dist is not None:
+            mine = [i for i, ctx in enumerate(self._partition_ctx) if ctx is not None]
+            log.info("rank %d of %d trains partition(s) %s of each round", self.dist.rank, self.dist.world_size,
+                     mine)  # K < N: in turn; K > N: data-parallel with the other ranks of each partition
         rounds: list[dict[str, Any]] = []
         r = 0
         while True:
             rdir = round_dir(self.run_dir, r)
-            mask_path = rdir / "mask.pt"
-            if mask_path.is_file():
-                mask = load_checkpoint(mask_path)
-            else:
-                atomic_save(mask, mask_path)
+            stored = self._on_main(self._stored_mask, r, mask)
+            if stored is not None:
+                mask = stored
+            check_same_across_ranks(self.dist, mask, f"the mask of round {r}")
             report = sparsity_report(mask, groups, total_params)
-            if not (rdir / "sparsity.json").is_file():
+            if self.is_main and not (rdir / "sparsity.json").is_file():
                 atomic_write_json(report, rdir / "sparsity.json")
                 self._log_sparsity(r, report)
             sparsity = overall_sparsity(mask)
@@ -307,39 +426,38 @@ class RoundLoop:
                 rounds.append(record)
                 self._update(rounds)
                 break
-            log.info("round %d: sparsity %.2f%%, training %d partition(s)", r, 100 * sparsity, len(class_groups))
-            trained = []
-            for i, class_ids in enumerate(class_groups):
-                state, metrics = self._train_partition(r, i, class_ids, init, mask, late)
-                trained.append(state)
-                record.setdefault("partitions", []).append(metrics)
+            if self.is_main:
+                log.info("round %d: sparsity %.2f%%, training %d partition(s)", r, 100 * sparsity, n)
+            trained, record["partitions"] = self._train_round(r, class_groups, init, mask)
             if r == 0 and self.prune.rewind_iteration:
-                for i in range(len(class_groups)):
-                    path = round_dir(self.run_dir, 0) / f"partition_{i}" / "rewind.pt"
-                    if path.is_file():
-                        late[i] = load_checkpoint(path)
+                self._late.update(self._on_main(self._late_rewind_states, n))
             if self._wants_eval(r, False):
-                reuse = trained[0] if self.prune.method == "lth" else None
-                record["eval"] = self._evaluate(r, init, mask, reuse)
-            masks = [magnitude_prune(state, mask, groups, on_layer_collapse=self.prune.on_layer_collapse)
-                     for state in trained]
-            mask = intersect_masks(masks)
+                lth = self.prune.method == "lth"
+                record["eval"] = self._evaluate(r, init, mask, trained[0] if lth and trained else None, reuse=lth)
+            mask = self._on_main(self._intersection, trained, mask, groups)
             record["wall_time_s"] = _stored_time(record)
             rounds.append(record)
             self._update(rounds)
             r += 1
+        def rounds_of_rank_0() -> list[dict[str, Any]]:
+            return rounds
+
+        rounds = self._on_main(rounds_of_rank_0)
         ticket = Ticket(mask=mask, init=init, architecture=self.trainer.architecture(),
                         sparsity=sparsity_report(mask, groups, total_params),
                         meta={"method": self.prune.method, "partitions": self.prune.n_partitions, "rounds": r,
                               "seed": self.seed, "class_groups": class_groups,
                               "output_layers": self.output_layers,
                               "class_names": list(self.trainer.class_names)})
-        save_ticket(ticket, self.run_dir / "ticket.pt")
-        if self._tb:
-            self._tb.close()
+        if self.is_main:
+            save_ticket(ticket, self.run_dir / "ticket.pt")
+            if self._tb:
+                self._tb.close()
         return RunResult(self.run_dir, ticket, rounds)
 
     def _update(self, rounds: list[dict[str, Any]]) -> None:
+        if not self.is_main:
+            return
         summary = {"method": self.prune.method, "partitions": self.prune.n_partitions, "rounds": rounds}
         atomic_write_json(summary, self.run_dir / "summary.json")
         writer = self._writer()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 
 import numpy as np
@@ -26,12 +27,17 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA when available (or requested), else the CPU."""
+    """CUDA when available (or requested), else the CPU.
+
+    Under torchrun (LOCAL_RANK set) "auto" and "cuda" mean this process's own GPU, `cuda:LOCAL_RANK`.
+    """
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {requested!r} requested but CUDA is not available; use device: auto or cpu")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from colt_core.distributed import DistContext, broadcast_buffers, check_same_across_ranks, run_on_group_main
 from colt_core.io import CheckpointError, atomic_save, load_checkpoint
 from colt_core.masks import MaskKeeper
 from colt_core.runtime import derive_seed, seed_everything
@@ -123,6 +124,7 @@ def fit(
     rewind_state: Callable[[], dict[str, torch.Tensor] | None] | None = None,
     settings: Mapping[str, Any] | None = None,
     generators: Sequence[torch.Generator] = (),
+    dist: DistContext | None = None,
 ) -> FitResult:
     """Train `epochs` epochs; keep the weights with the lowest validation loss, and end holding them.
 
@@ -134,6 +136,8 @@ def fit(
     epoch) is refused rather than silently mixed. `scheduler_interval="epoch"` steps the scheduler here;
     "step" leaves it to `train_epoch`. With `val_loss=None` the last epoch counts as best (its loss is NaN).
     `rewind_state` returns late-rewinding weights once taken. On return `model` holds the best weights.
+    With `dist` (the ranks training `model` data-parallel) only the group's first rank reads and writes the
+    checkpoint; it hands what it read to the others, so every rank resumes at the same epoch.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -144,8 +148,13 @@ def fit(
     start, best_state, best_loss, best_epoch, history = 0, None, math.inf, -1, []
     late_rewind = None
     path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if path is not None and path.is_file():
-        ckpt = _load_resumable(path, run_settings)
+    writes = dist is None or dist.is_group_main
+
+    def read_checkpoint() -> dict[str, Any] | None:
+        return _load_resumable(path, run_settings) if path is not None and path.is_file() else None
+
+    ckpt = run_on_group_main(dist, read_checkpoint)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
@@ -163,6 +172,7 @@ def fit(
             generator.manual_seed(derive_seed(seed, "epoch", epoch, "generator", i))
         model.train()
         stats = dict(train_epoch(epoch))
+        broadcast_buffers(model, dist)
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
         if val_loss is None:
@@ -179,7 +189,7 @@ def fit(
         history.append(stats)
         if late_rewind is None and rewind_state is not None:
             late_rewind = rewind_state()
-        if path is not None:
+        if path is not None and writes:
             atomic_save({"format": CHECKPOINT_FORMAT, "settings": run_settings, "epoch": epoch,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -189,5 +199,7 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
     assert best_state is not None  # epochs >= 1: an epoch ran here or in the run that was resumed
+    # Data-parallel ranks hold the same weights unless a trainer let them drift (e.g. unreduced val losses).
+    check_same_across_ranks(dist, best_state, "the selected weights")
     model.load_state_dict(best_state)
     return FitResult(best_state, best_epoch, best_loss, history, late_rewind)

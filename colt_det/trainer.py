@@ -16,6 +16,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from colt_core.distributed import (
+    DistContext,
+    all_reduce_sums,
+    distributed_sampler,
+    run_on_main,
+    set_sampler_epoch,
+    shard_for_evaluation,
+    wrap_ddp,
+)
 from colt_core.io import atomic_write_json
 from colt_core.masks import MaskKeeper
 from colt_core.optim import build_lr_scheduler, build_optimizer
@@ -62,7 +71,7 @@ class DetectionTrainer:
 
     output_layers = DETECTOR_OUTPUT_LAYERS
 
-    def __init__(self, cfg: DetRunConfig, run_dir: str | Path | None = None) -> None:
+    def __init__(self, cfg: DetRunConfig, run_dir: str | Path | None = None, dist: DistContext | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.class_names = VOC_CLASSES
@@ -70,7 +79,8 @@ class DetectionTrainer:
         self.device = pick_device(cfg.train.device)
         self.amp = use_amp(self.device, cfg.train.amp)
         if cfg.data.synthetic is not None:
-            ensure_synthetic_voc(cfg.data.root, **asdict(cfg.data.synthetic))
+            # Rank 0 writes the synthetic data; the other ranks read it once it is complete.
+            run_on_main(dist, ensure_synthetic_voc, cfg.data.root, **asdict(cfg.data.synthetic))
         records, bad = load_voc_records(cfg.data.root, cfg.data.train_sets,
                                         on_bad_annotation=cfg.data.on_bad_annotation)
         self.bad_annotations = bad
@@ -106,28 +116,33 @@ class DetectionTrainer:
                              "validation images; use more data or fewer partitions")
         return train, val
 
-    def _loader(self, dataset: VOCDetectionDataset, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, dataset: Any, shuffle: bool, batch_size: int, sampler: Any = None) -> DataLoader:
         workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_detection,
-                          num_workers=workers, persistent_workers=False,
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          collate_fn=collate_detection, num_workers=workers, persistent_workers=False,
                           pin_memory=self.device.type == "cuda")
 
     def train(self, job: TrainJob) -> TrainOutput:
         """Train `job.model` on the job's partition under its mask; keep the lowest-validation-loss weights."""
         cfg = self.cfg.train
+        ctx = job.dist  # several ranks: each trains on its share of the images (batch_size per rank)
+        writes = ctx is None or ctx.is_group_main
         train_ds, val_ds = self.datasets(job.class_ids, job)
         data_summary = {"train": train_ds.summary(), "val": val_ds.summary()}
-        atomic_write_json(data_summary, job.workdir / "data.json")
+        if writes:
+            atomic_write_json(data_summary, job.workdir / "data.json")
         log.info("%s: %d training images, %d objects (validation: %d images)", job.tag, train_ds.num_images,
                  train_ds.num_objects, val_ds.num_images)
-        train_loader = self._loader(train_ds, True, cfg.batch_size)
-        val_loader = self._loader(val_ds, False, self.cfg.eval.batch_size)
+        sampler = distributed_sampler(train_ds, ctx, shuffle=True, seed=derive_seed(job.seed, "sampler"))
+        train_loader = self._loader(train_ds, True, cfg.batch_size, sampler)
+        val_loader = self._loader(shard_for_evaluation(val_ds, ctx), False, self.cfg.eval.batch_size)
         model = job.model.to(self.device)
         optimizer = build_optimizer(model, cfg.optimizer)
         scheduler = build_lr_scheduler(optimizer, cfg.schedule, epochs=cfg.epochs, iters_per_epoch=len(train_loader))
-        keeper = MaskKeeper(model, job.mask, optimizer)
+        keeper = MaskKeeper(model, job.mask, optimizer)  # masks name the parameters of the unwrapped model
+        net = wrap_ddp(model, ctx)
         scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        writer = self._writer(job)
+        writer = self._writer(job) if writes else None
         state = {"step": 0, "late": None}
 
         def after_step() -> None:
@@ -143,13 +158,20 @@ class DetectionTrainer:
                         writer.add_scalar(f"train/{key}", value, state["step"])
 
         def train_epoch(epoch: int) -> dict[str, float]:
-            return train_one_epoch(model, optimizer, train_loader, self.device, scaler=scaler,
+            set_sampler_epoch(train_loader, epoch)
+            return train_one_epoch(net, optimizer, train_loader, self.device, scaler=scaler,
                                    before_step=keeper.before_step, after_step=after_step,
                                    lr_scheduler_per_iter=scheduler, grad_clip=cfg.grad_clip,
                                    progress=cfg.progress, epoch=epoch, log_fn=log_step)
 
         def val_loss() -> float:
-            return evaluate_loss(model, val_loader, self.device, seed=derive_seed(job.seed, "val"))
+            mean = evaluate_loss(model, val_loader, self.device, seed=derive_seed(job.seed, "val"))
+            if ctx is None or not ctx.data_parallel:
+                return mean
+            # Each rank holds a shard: the mean over all validation images, the same on every rank.
+            images = len(val_loader.dataset)
+            total, count = all_reduce_sums([mean * images, images], ctx)
+            return total / count
 
         def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
             log.info("%s epoch %d/%d: %s", job.tag, epoch + 1, cfg.epochs,
@@ -163,8 +185,10 @@ class DetectionTrainer:
         checkpoint = job.workdir / "train_state.pt"
         result = fit(model, epochs=cfg.epochs, train_epoch=train_epoch, val_loss=val_loss, optimizer=optimizer,
                      seed=job.seed, scheduler=scheduler, scheduler_interval="step", scaler=scaler, keeper=keeper,
-                     checkpoint_path=checkpoint, on_epoch_end=on_epoch_end, rewind_state=lambda: state["late"])
-        checkpoint.unlink(missing_ok=True)
+                     checkpoint_path=checkpoint, on_epoch_end=on_epoch_end, rewind_state=lambda: state["late"],
+                     dist=ctx)
+        if writes:
+            checkpoint.unlink(missing_ok=True)
         if writer is not None:
             writer.close()
         metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,

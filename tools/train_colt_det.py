@@ -1,6 +1,7 @@
 """Find a COLT (or LTH) ticket of Faster R-CNN VGG16 on Pascal VOC and report per-class mAP.
 
     python tools/train_colt_det.py --cfg voc_vgg16.yaml [--set train.epochs=10] [--out DIR] [--resume|--overwrite]
+    torchrun --standalone --nproc_per_node=K tools/train_colt_det.py --cfg voc_vgg16.yaml   # K processes (GPUs)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from colt_core.config import ConfigError, load_config, to_dict  # noqa: E402
+from colt_core.distributed import distributed_session, run_on_main  # noqa: E402
 from colt_core.io import CheckpointError  # noqa: E402
 from colt_core.pruning import LayerCollapseError  # noqa: E402
 from colt_core.rounds import RoundLoop, RunDirError, prepare_run_dir  # noqa: E402
@@ -32,31 +34,38 @@ from colt_det.voc import VOCDataError  # noqa: E402
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: bool, overwrite: bool,
          verbose: bool) -> None:
-    """Run COLT/LTH rounds for Faster R-CNN VGG16 and write the run directory and report."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        cfg = load_config(DetRunConfig, cfg_name, overrides, configs_dir=ROOT / "configs")
-        if out is not None:
-            cfg.output_dir = out
-        config = to_dict(cfg)
-        run_dir = prepare_run_dir(cfg.output_dir, config, resume=resume, overwrite=overwrite)
-        from colt_det.trainer import DetectionTrainer
+    """Run COLT/LTH rounds for Faster R-CNN VGG16 and write the run directory and report.
 
-        trainer = DetectionTrainer(cfg, run_dir)
-    except (ConfigError, RunDirError, VOCDataError) as exc:
-        raise click.ClickException(str(exc)) from None
-    names = list(trainer.class_names)
+    Under torchrun (`torchrun --nproc_per_node=K tools/train_colt_det.py ...`) the K processes share the work.
+    """
+    with distributed_session() as dist:
+        rank = f"[rank {dist.rank}] " if dist is not None else ""
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                            format=f"%(asctime)s {rank}%(message)s", datefmt="%H:%M:%S")
+        try:
+            cfg = load_config(DetRunConfig, cfg_name, overrides, configs_dir=ROOT / "configs")
+            if out is not None:
+                cfg.output_dir = out
+            config = to_dict(cfg)
+            run_dir = run_on_main(dist, prepare_run_dir, cfg.output_dir, config, resume=resume, overwrite=overwrite)
+            from colt_det.trainer import DetectionTrainer
 
-    def on_update(summary: dict) -> None:
-        write_report(run_dir, summary, names)
+            trainer = DetectionTrainer(cfg, run_dir, dist=dist)
+        except (ConfigError, RunDirError, VOCDataError) as exc:
+            raise click.ClickException(str(exc)) from None
+        names = list(trainer.class_names)
 
-    try:
-        result = RoundLoop(trainer, cfg.prune, cfg.split, seed=cfg.seed, run_dir=run_dir, config_dict=config,
-                           on_update=on_update).run()
-    except (LayerCollapseError, VOCDataError, CheckpointError, ConfigError) as exc:
-        raise click.ClickException(f"{exc}\n(the run directory {run_dir} keeps what finished; fix the cause "
-                                   "and continue with --resume)") from None
+        def on_update(summary: dict) -> None:
+            write_report(run_dir, summary, names)
+
+        try:
+            result = RoundLoop(trainer, cfg.prune, cfg.split, seed=cfg.seed, run_dir=run_dir, config_dict=config,
+                               on_update=on_update, dist=dist).run()
+        except (LayerCollapseError, VOCDataError, CheckpointError, ConfigError) as exc:
+            raise click.ClickException(f"{exc}\n(the run directory {run_dir} keeps what finished; fix the cause "
+                                       "and continue with --resume)") from None
+        if dist is not None and not dist.is_main:
+            return
     summary = {"method": cfg.prune.method, "partitions": cfg.prune.n_partitions, "rounds": result.rounds}
     report = write_report(run_dir, summary, names)
     final = result.rounds[-1]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from colt_core.distributed import distributed_sampler, wrap_ddp
 from colt_core.masks import MaskKeeper
 from colt_core.partition import non_iid_keep
 from colt_core.rounds import TrainJob, TrainOutput
@@ -76,13 +77,20 @@ class ToyTrainer:
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         keeper = MaskKeeper(model, job.mask, opt)
         loss_fn = nn.CrossEntropyLoss()
+        # Several ranks training this job: each takes its share of every epoch, gradients are averaged.
+        net = wrap_ddp(model, job.dist)
+        sampler = distributed_sampler(range(len(tr)), job.dist, shuffle=True, seed=job.seed)
 
         def train_epoch(epoch: int) -> dict:
-            order = tr[torch.randperm(len(tr))]
+            if sampler is None:
+                order = tr[torch.randperm(len(tr))]
+            else:
+                sampler.set_epoch(epoch)
+                order = tr[list(sampler)]
             total = 0.0
             for b in order.split(16):
                 opt.zero_grad()
-                loss = loss_fn(model(x[b]), y[b])
+                loss = loss_fn(net(x[b]), y[b])
                 loss.backward()
                 keeper.before_step()
                 opt.step()
@@ -99,8 +107,10 @@ class ToyTrainer:
             return out
 
         result = fit(model, epochs=self.epochs, train_epoch=train_epoch, val_loss=val_loss, optimizer=opt,
-                     seed=job.seed, keeper=keeper, checkpoint_path=Path(job.workdir) / "train_state.pt")
-        (Path(job.workdir) / "train_state.pt").unlink(missing_ok=True)
+                     seed=job.seed, keeper=keeper, checkpoint_path=Path(job.workdir) / "train_state.pt",
+                     dist=job.dist)
+        if job.dist is None or job.dist.is_group_main:
+            (Path(job.workdir) / "train_state.pt").unlink(missing_ok=True)
         return TrainOutput(result.best_state, {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch})
 
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict:

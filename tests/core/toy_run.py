@@ -1,6 +1,14 @@
-"""Run the toy COLT loop in a process of its own (the kill-and-resume test kills it)."""
+"""Run the toy COLT loop in a process of its own (the kill-and-resume test kills it).
 
+Under torchrun (`python -m torch.distributed.run --nproc_per_node=K tests/core/toy_run.py ...`) it runs the
+loop over K ranks; `--fail-rank/--fail-round/--fail-mode` make one rank fail in one round's training, for the
+tests of how a failing rank stops the job.
+"""
+
+import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -10,22 +18,54 @@ import click
 from toy import ToyTrainer
 
 from colt_core.config import to_dict
-from colt_core.rounds import RoundLoop, prepare_run_dir
+from colt_core.distributed import distributed_session, run_on_main
+from colt_core.rounds import RoundLoop, TrainJob, TrainOutput, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
+
+
+class FailingToyTrainer(ToyTrainer):
+    """The toy trainer, except that one rank fails in the first training of one round."""
+
+    def __init__(self, *, fail_rank: int, fail_round: int, fail_mode: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fail_rank, self.fail_round, self.fail_mode = fail_rank, fail_round, fail_mode
+
+    def train(self, job: TrainJob) -> TrainOutput:
+        rank = job.dist.rank if job.dist is not None else 0
+        if rank == self.fail_rank and job.round == self.fail_round:
+            if self.fail_mode == "exit":
+                os._exit(3)  # a crash: no exception, no clean-up
+            if self.fail_mode == "hang":
+                time.sleep(3600)
+            raise RuntimeError(f"injected failure in round {job.round}, partition {job.partition}")
+        return super().train(job)
 
 
 @click.command()
 @click.option("--out", required=True, type=click.Path())
 @click.option("--resume", is_flag=True)
 @click.option("--sleep", default=0.0)
-def main(out: str, resume: bool, sleep: float) -> None:
-    prune = PruneConfig(method="colt", partitions=2, rates={"conv": 0.2, "fc": 0.3}, target_sparsity=0.6,
-                        max_rounds=4, evaluate="all")
-    split = SplitConfig()
-    config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
-    run_dir = prepare_run_dir(out, config, resume=resume, overwrite=False)
-    result = RoundLoop(ToyTrainer(sleep=sleep), prune, split, seed=3, run_dir=run_dir, config_dict=config).run()
-    print("rounds", len(result.rounds))
+@click.option("--method", type=click.Choice(["colt", "lth"]), default="colt")
+@click.option("--partitions", default=2)
+@click.option("--fail-rank", type=int, default=None, help="the rank that fails (default: none)")
+@click.option("--fail-round", type=int, default=1)
+@click.option("--fail-mode", type=click.Choice(["raise", "exit", "hang"]), default="raise")
+def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fail_rank: int | None,
+         fail_round: int, fail_mode: str) -> None:
+    with distributed_session() as dist:
+        rank = f"[rank {dist.rank}] " if dist is not None else ""
+        logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s")
+        prune = PruneConfig(method=method, partitions=partitions, rates={"conv": 0.2, "fc": 0.3},
+                            target_sparsity=0.6, max_rounds=4, evaluate="all")
+        split = SplitConfig()
+        config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
+        run_dir = run_on_main(dist, prepare_run_dir, out, config, resume=resume, overwrite=False)
+        if fail_rank is None:
+            trainer = ToyTrainer(sleep=sleep)
+        else:
+            trainer = FailingToyTrainer(sleep=sleep, fail_rank=fail_rank, fail_round=fail_round, fail_mode=fail_mode)
+        result = RoundLoop(trainer, prune, split, seed=3, run_dir=run_dir, config_dict=config, dist=dist).run()
+        print("rounds", len(result.rounds))
 
 
 if __name__ == "__main__":
