@@ -112,10 +112,11 @@ def magnitude_prune(
 ) -> Mask:
     """Prune exactly round(rate × alive) surviving weights per group, smallest |w| across the group.
 
-    Ties at the threshold are broken by position (layer order, then flat index), so the result is
-    deterministic. Uses one k-th value selection per group: no sort, no per-element Python loop.
+    Ties at the threshold are broken by position (layer order, then flat index): the earlier ones are
+    pruned, so the result is deterministic. One k-th value selection per group: no sort, no Python
+    loop over elements.
     """
-    new_mask: Mask = {n: m.clone() for n, m in mask.items()}
+    new_mask: Mask = dict(mask)  # every pruned layer gets a new tensor; the caller's mask is never modified
     for group in groups:
         if not group.params:
             continue
@@ -124,18 +125,22 @@ def magnitude_prune(
         k = prune_count(group.rate, alive)
         if k == 0:
             continue
-        threshold = kth_smallest(scores, k)
-        pruned = scores <= threshold
-        extra = int(torch.count_nonzero(pruned)) - k
-        if extra > 0:
-            # Ties at the threshold: keep the last `extra` of them (by position) alive.
-            ties = (scores == threshold).nonzero().flatten()
-            pruned[ties[ties.numel() - extra:]] = False
+        threshold, at_or_below = _kth_and_count(scores, k)
         offset = 0
         for n in group.params:
             numel = mask[n].numel()
-            new_mask[n] = mask[n] & ~pruned[offset:offset + numel].view_as(mask[n])
+            new_mask[n] = mask[n] & (scores[offset:offset + numel] > threshold).view_as(mask[n])
             offset += numel
+        extra = at_or_below - k
+        if extra > 0:
+            # More weights tie at the threshold than need pruning: the last `extra` of them stay alive.
+            ties = (scores == threshold).nonzero().flatten()[-extra:]
+            offset = 0
+            for n in group.params:
+                numel = mask[n].numel()
+                local = ties[(ties >= offset) & (ties < offset + numel)] - offset
+                new_mask[n].view(-1)[local] = True
+                offset += numel
     collapsed = [n for g in groups for n in g.params if not bool(new_mask[n].any())]
     if collapsed:
         message = (f"layer collapse: pruning removed every weight of {collapsed}; lower the group's "
@@ -157,37 +162,57 @@ def _group_scores(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.
         if tuple(w.shape) != tuple(m.shape):
             raise ValueError(f"{n}: weight shape {tuple(w.shape)} differs from mask shape {tuple(m.shape)}")
         out = scores[offset:offset + m.numel()]
-        out.copy_(w.detach().flatten())
-        out.abs_()
-        if not bool(torch.isfinite(out).all()):
+        torch.abs(w.detach().reshape(-1).to("cpu", torch.float32), out=out)
+        # A sum is one cheap pass; only when it is not finite is the exact (allocating) check needed.
+        if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
             raise ValueError(f"{n} holds NaN or infinite weights: the training diverged (lower the learning rate)")
-        out.masked_fill_(~m.flatten().to("cpu"), math.inf)
+        m = m.reshape(-1).to("cpu")
+        if not bool(m.all()):
+            out.masked_fill_(m.logical_not(), math.inf)
         offset += m.numel()
     return scores
 
 
-def kth_smallest(scores: torch.Tensor, k: int, *, sample_size: int = 1 << 20) -> torch.Tensor:
+_CHUNK = 1 << 22  # elements per pass: temporaries stay small instead of costing fresh pages per pass
+
+
+def _count_below(scores: torch.Tensor, value: float, *, inclusive: bool = False) -> int:
+    op = torch.le if inclusive else torch.lt
+    return sum(int(torch.count_nonzero(op(c, value))) for c in scores.split(_CHUNK))
+
+
+def _kth_and_count(scores: torch.Tensor, k: int, sample_size: int = 1 << 20) -> tuple[float, int]:
+    """The k-th smallest value and how many values are <= it."""
+    n = scores.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} outside 1..{n}")
+    if n > 8 * sample_size:
+        gen = torch.Generator().manual_seed(0)
+        sample = scores[torch.randint(n, (sample_size,), generator=gen)].sort().values
+        q = k / n
+        margin = 6.0 * math.sqrt(q * (1.0 - q) / sample_size) + 2.0 / sample_size
+        lo_i, hi_i = math.floor((q - margin) * sample_size), math.ceil((q + margin) * sample_size)
+        lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
+        hi = float(sample[hi_i]) if hi_i < sample_size else math.inf
+        below, parts = 0, []
+        for chunk in scores.split(_CHUNK):  # one pass: count what lies below the band, keep the band
+            at_least_lo = chunk >= lo
+            below += chunk.numel() - int(torch.count_nonzero(at_least_lo))
+            parts.append(chunk[at_least_lo & (chunk <= hi)])
+        if below < k:
+            band = torch.cat(parts)
+            if k <= below + band.numel():
+                value = float(torch.kthvalue(band, k - below).values)
+                return value, below + int(torch.count_nonzero(band <= value))
+    value = float(torch.kthvalue(scores, k).values)
+    return value, _count_below(scores, value, inclusive=True)
+
+
+def kth_smallest(scores: torch.Tensor, k: int, *, sample_size: int = 1 << 20) -> float:
     """The exact k-th smallest value (1-based) of a flat tensor.
 
     For large inputs a random sample brackets the answer, and the exact selection runs on the
     narrow band between the brackets: a few linear passes instead of a selection over everything.
     The sample only affects speed, never the result.
     """
-    n = scores.numel()
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} outside 1..{n}")
-    if n <= 8 * sample_size:
-        return torch.kthvalue(scores, k).values
-    gen = torch.Generator().manual_seed(0)
-    sample = scores[torch.randint(n, (sample_size,), generator=gen)].sort().values
-    q = k / n
-    margin = 6.0 * math.sqrt(q * (1.0 - q) / sample_size) + 2.0 / sample_size
-    lo_i, hi_i = math.floor((q - margin) * sample_size), math.ceil((q + margin) * sample_size)
-    lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
-    hi = float(sample[hi_i]) if hi_i < sample_size else math.inf
-    below = int(torch.count_nonzero(scores < lo))
-    if below < k:
-        band = scores[(scores >= lo) & (scores <= hi)]
-        if k <= below + band.numel():
-            return torch.kthvalue(band, k - below).values
-    return torch.kthvalue(scores, k).values
+    return _kth_and_count(scores, k, sample_size)[0]
