@@ -41,13 +41,14 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
 
     from colt_core.runtime import pick_device, use_amp
     from colt_det.config import DetRunConfig
-    from colt_det.trainer import DetectionTrainer, detect
+    from colt_det.model import build_vgg16_faster_rcnn
+    from colt_det.trainer import detect
+    from colt_det.voc import VOC_CLASSES
 
     run_dir = run or _run_dir_of(checkpoint)
     cfg = from_dict(DetRunConfig, read_yaml(run_dir / "config.yaml"))
-    trainer = DetectionTrainer.__new__(DetectionTrainer)  # only the model builder is needed, not the data
-    trainer.cfg = cfg
-    model = trainer.build_model(20)
+    # The weights come from the checkpoint, so a pretrained file the run started from is not needed here.
+    model = build_vgg16_faster_rcnn(len(VOC_CLASSES) + 1, **cfg.model.build_kwargs(pretrained=False))
     state = load_checkpoint(checkpoint)
     try:
         model.load_state_dict(state)
