@@ -31,6 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def make_run(out: Path, method: str, max_rounds: int) -> Path:
     prune = PruneConfig(method=method, partitions=2, rates={"conv": 0.2, "fc": 0.3}, target_sparsity=0.75,
                         max_rounds=max_rounds, evaluate="all")
@@ -39,15 +42,6 @@ def make_run(out: Path, method: str, max_rounds: int) -> Path:
     run_dir = prepare_run_dir(out, config, resume=False, overwrite=False)
     RoundLoop(ToyTrainer(epochs=2), prune, split, seed=3, run_dir=run_dir, config_dict=config).run()
     return run_dir
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The toy trainings are tiny: one thread avoids contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

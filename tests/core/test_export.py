@@ -24,6 +24,8 @@ from colt_core.rounds import RoundLoop, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
 from colt_core.ticket import load_ticket
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def make_run(out: Path, method: str = "colt", evaluate: str = "all", max_rounds: int = 3) -> Path:
     prune = PruneConfig(method=method, partitions=2, rates={"conv": 0.2, "fc": 0.3}, target_sparsity=0.9,
@@ -37,15 +39,6 @@ def make_run(out: Path, method: str = "colt", evaluate: str = "all", max_rounds:
 
 def toy_target(architecture) -> ExportTarget:
     return ExportTarget(model=ToyNet(NUM_CLASSES), output_layers=("head",))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The toy trainings are tiny: one thread avoids contention on a busy machine (5x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
