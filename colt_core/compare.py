@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from colt_core.config import ConfigError, read_yaml
+from colt_core.config import ConfigError, flatten, read_yaml
 from colt_core.export import ExportError, is_finished, read_ticket_header, round_indices, round_path
 from colt_core.io import (
     CheckpointError,
@@ -181,24 +181,15 @@ def read_runs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> list[R
 
 
 # ----- configs ---------------------------------------------------------------------------------------
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
-
-
 def config_differences(runs: Sequence[RunRecord], ignore: Sequence[str] = IGNORED_CONFIG_KEYS) -> list[str]:
     """Config keys on which some run differs from the first, beyond those a comparison varies."""
     def ignored(key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in ignore)
 
-    first = _flatten(runs[0].config)
+    first = flatten(runs[0].config)
     keys: list[str] = []
     for run in runs[1:]:
-        other = _flatten(run.config)
+        other = flatten(run.config)
         for key in sorted(set(first) | set(other)):
             if not ignored(key) and first.get(key) != other.get(key) and key not in keys:
                 keys.append(key)

@@ -159,6 +159,21 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     return obj
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {"a.b": value} (lists of mappings as "a[0].b"), for comparing two configs."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
 def to_dict(obj: Any) -> Any:
     """A dataclass tree as plain YAML-friendly data."""
     if dataclasses.is_dataclass(obj):

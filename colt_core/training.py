@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from colt_core.config import flatten
 from colt_core.distributed import DistContext, broadcast_buffers, check_same_across_ranks, run_on_group_main
 from colt_core.io import CheckpointError, atomic_save, load_checkpoint
 from colt_core.masks import MaskKeeper
@@ -73,22 +74,8 @@ def fit_settings(*, epochs: int, seed: int, optimizer: torch.optim.Optimizer, sc
     return _plain(settings)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-        out = {}
-        for i, v in enumerate(value):
-            out.update(_flatten(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: value}
-
-
 def _setting_differences(saved: Any, current: Any) -> list[str]:
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     keys = sorted(old.keys() | new.keys())
     return [f"{key}: {old.get(key, '<absent>')!r} there, {new.get(key, '<absent>')!r} now"
             for key in keys if old.get(key, "<absent>") != new.get(key, "<absent>")]
