@@ -49,6 +49,8 @@ class ModelConfig:
     width: float = field(1.0, help="backbone channel multiplier (1.0 = VGG16)", check=positive)
     head_dim: int = field(4096, help="fc6/fc7 size (4096 = VGG16)", check=at_least(1))
     head_dropout: float = field(0.5, help="dropout after fc6 and fc7", check=closed_interval(0.0, 0.95))
+    norm: Literal["none", "batch", "group"] = field(
+        "none", help="norm layer after each backbone conv: none (VGG16), batch (vgg16_bn) or group (GroupNorm)")
     roi_pool: Literal["align", "pool"] = field("align", help="RoIAlign (default) or the classic RoIPool, 7x7")
     min_size: int = field(600, help="detector input: shorter side resized to this", check=at_least(16))
     max_size: int = field(1000, help="detector input: longer side at most this", check=at_least(16))
@@ -60,6 +62,8 @@ class ModelConfig:
     rpn_pre_nms_top_n_test: int = field(1000, help="RPN proposals before NMS (testing)", check=at_least(1))
     rpn_post_nms_top_n_test: int = field(1000, help="RPN proposals after NMS (testing)", check=at_least(1))
     box_batch_size_per_image: int = field(512, help="RoIs sampled per image", check=at_least(1))
+    box_positive_fraction: float = field(0.25, help="share of foreground RoIs in each sampled batch",
+                                         check=open_interval(0.0, 1.0))
     box_score_thresh: float = field(0.0, help="drop detections scoring below this", check=closed_interval(0, 1))
     box_detections_per_img: int = field(100, help="detections kept per image", check=at_least(1))
     init: Literal["xavier", "torchvision"] = field("xavier", help="weight initialisation")
@@ -68,13 +72,15 @@ class ModelConfig:
     def build_kwargs(self, *, pretrained: bool = True) -> dict[str, Any]:
         """Keyword arguments of `build_vgg16_faster_rcnn` for this config (one place, so every builder agrees)."""
         return dict(
-            width=self.width, head_dim=self.head_dim, head_dropout=self.head_dropout, roi_pool=self.roi_pool,
+            width=self.width, head_dim=self.head_dim, head_dropout=self.head_dropout, norm=self.norm,
+            roi_pool=self.roi_pool,
             min_size=self.min_size, max_size=self.max_size, anchor_sizes=(tuple(self.anchor_sizes),),
             aspect_ratios=(tuple(self.aspect_ratios),), rpn_batch_size_per_image=self.rpn_batch_size_per_image,
             rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
             rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
             rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
-            box_batch_size_per_image=self.box_batch_size_per_image, box_score_thresh=self.box_score_thresh,
+            box_batch_size_per_image=self.box_batch_size_per_image,
+            box_positive_fraction=self.box_positive_fraction, box_score_thresh=self.box_score_thresh,
             box_detections_per_img=self.box_detections_per_img, init=self.init,
             pretrained_backbone=self.pretrained_backbone if pretrained else None)
 

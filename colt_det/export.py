@@ -72,9 +72,14 @@ def backbone_key(name: str) -> str | None:
     return name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else None
 
 
+def torchvision_vgg_name(architecture: Mapping[str, Any]) -> str | None:
+    """The torchvision model whose ``features`` share the backbone's layout: vgg16, vgg16_bn, or None (GroupNorm)."""
+    return {"none": "vgg16", "batch": "vgg16_bn"}.get(str(architecture.get("norm", "none")))
+
+
 def is_torchvision_compatible(architecture: Mapping[str, Any]) -> bool:
-    """Whether the exported backbone has VGG16's own shapes (width 1.0), so torchvision's vgg16 loads it."""
-    return float(architecture.get("width", 1.0)) == 1.0
+    """Whether torchvision's vgg16 (vgg16_bn for BatchNorm) loads the exported backbone: width 1.0, no GroupNorm."""
+    return float(architecture.get("width", 1.0)) == 1.0 and torchvision_vgg_name(architecture) is not None
 
 
 def detection_export_target(architecture: Mapping[str, Any]) -> ExportTarget:

@@ -5,7 +5,8 @@ Parameter layout (what masks, ticket files and the backbone exporter rely on):
 - ``backbone.body.N.weight`` / ``.bias``: an ``nn.Sequential`` laid out exactly like
   ``torchvision.models.vgg16().features[:30]`` (13 convs at indices 0, 2, 5, 7, 10, 12, 14, 17, 19, 21,
   24, 26, 28; no fifth max-pool). At ``width=1.0`` ``backbone_state_dict(model)`` loads into
-  ``torchvision.models.vgg16().features`` with ``strict=True``.
+  ``torchvision.models.vgg16().features`` with ``strict=True``. With ``norm="batch"`` the layout is
+  ``vgg16_bn().features[:43]`` (conv, BatchNorm, ReLU); ``norm="group"`` puts GroupNorm at the same places.
 - ``rpn.head.conv.0.0.weight``, ``rpn.head.cls_logits.weight``, ``rpn.head.bbox_pred.weight``: the RPN.
 - ``roi_heads.box_head.fc6.weight``, ``roi_heads.box_head.fc7.weight``: VGG's fc6/fc7.
 - ``roi_heads.box_predictor.cls_score`` / ``.bbox_pred``: the output layer (never pruned).
@@ -48,6 +49,8 @@ _BACKBONE_STRIDE = 16
 _ROI_OUTPUT_SIZE = 7
 ROI_POOL_KINDS = ("align", "pool")
 INIT_KINDS = ("xavier", "torchvision")
+NORM_KINDS = ("none", "batch", "group")
+_GROUP_NORM_GROUPS = 32  # Wu & He (2018); narrow layers get fewer, so every group has at least 2 channels
 
 
 def prune_group_patterns() -> dict[str, tuple[str, ...]]:
@@ -64,12 +67,16 @@ def prune_group_specs() -> dict[str, dict[str, list[str]]]:
 
 
 def prune_group_parameter_names(model: nn.Module) -> dict[str, list[str]]:
-    """Resolve ``prune_group_patterns()`` against a model: group name -> parameter names in model order."""
+    """Resolve ``prune_group_specs()`` against a model: group name -> parameter names in model order."""
+    modules = dict(model.named_modules())
     groups: dict[str, list[str]] = {}
-    for group, patterns in prune_group_patterns().items():
-        compiled = [re.compile(p) for p in patterns]
+    for group, spec in prune_group_specs().items():
+        compiled = [re.compile(p) for p in spec["include"]]
         groups[group] = [
-            name for name, _ in model.named_parameters() if any(c.fullmatch(name) for c in compiled)
+            name
+            for name, _ in model.named_parameters()
+            if type(modules[name.rpartition(".")[0]]).__name__ in spec["types"]
+            and any(c.fullmatch(name) for c in compiled)
         ]
     return groups
 
@@ -79,11 +86,31 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(_MIN_CHANNELS, round(channels * width))
 
 
-class VGG16Backbone(nn.Module):
-    """VGG16 conv1_1 … conv5_3 as ``body`` (torchvision's ``vgg16().features[:30]`` layout), stride 16."""
+def group_norm_groups(channels: int) -> int:
+    """GroupNorm groups for a layer: 32, halved until every group holds at least 2 channels (and divides)."""
+    groups = math.gcd(_GROUP_NORM_GROUPS, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return groups
 
-    def __init__(self, width: float = 1.0) -> None:
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(group_norm_groups(channels), channels)
+
+
+class VGG16Backbone(nn.Module):
+    """VGG16 conv1_1 … conv5_3 as ``body`` (torchvision's ``vgg16().features[:30]`` layout), stride 16.
+
+    ``norm="batch"`` gives ``vgg16_bn().features[:43]``; ``norm="group"`` the same with GroupNorm, which
+    is what lets a detector train from scratch at small batch sizes (Wu & He 2018; He et al. 2019).
+    """
+
+    def __init__(self, width: float = 1.0, norm: str = "none") -> None:
         super().__init__()
+        if norm not in NORM_KINDS:
+            raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
         layers: list[nn.Module] = []
         in_channels = 3
         for item in _VGG16_LAYOUT:
@@ -91,7 +118,10 @@ class VGG16Backbone(nn.Module):
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
                 out = scaled_channels(int(item), width)
-                layers += [nn.Conv2d(in_channels, out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(in_channels, out, kernel_size=3, padding=1))
+                if norm != "none":
+                    layers.append(_norm_layer(norm, out))
+                layers.append(nn.ReLU(inplace=True))
                 in_channels = out
         self.body = nn.Sequential(*layers)
         self.out_channels = in_channels
@@ -205,16 +235,19 @@ def build_vgg16_faster_rcnn(
     box_bg_iou_thresh: float = 0.5,
     box_batch_size_per_image: int = 512,
     box_positive_fraction: float = 0.25,
+    norm: str = "none",
     init: str = "xavier",
     pretrained_backbone: str | Path | None = None,
 ) -> FasterRCNN:
     """Build Faster R-CNN VGG16; ``num_classes`` counts the background (|classes| + 1).
 
     ``width`` scales the backbone channels (64..512 x width, at least 4) and ``head_dim`` the fc6/fc7 size,
-    for tiny CPU variants. ``init="xavier"`` (the paper's) gives every conv and linear weight Xavier-uniform
-    and zero bias, the box predictor normal(0.01)/(0.001); ``init="torchvision"`` uses torchvision's VGG and
-    RPN init. ``pretrained_backbone`` is a local file in torchvision's vgg16 state_dict format (see
-    ``load_vgg16_weights``); nothing is ever downloaded. Deterministic under ``torch.manual_seed``.
+    for tiny CPU variants; ``norm`` adds BatchNorm or GroupNorm after every backbone conv (default none).
+    ``init="xavier"`` (the paper's) gives every conv and linear weight Xavier-uniform and zero bias, the box
+    predictor normal(0.01)/(0.001); norm layers start at weight 1, bias 0; ``init="torchvision"`` uses
+    torchvision's VGG and RPN init. ``pretrained_backbone`` is a local file in torchvision's vgg16 (vgg16_bn)
+    state_dict format (see ``load_vgg16_weights``); nothing is ever downloaded.
+    Deterministic under ``torch.manual_seed``.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
@@ -233,7 +266,9 @@ def build_vgg16_faster_rcnn(
     if len(anchor_sizes) != 1 or len(aspect_ratios) != 1:
         raise ValueError("anchor_sizes and aspect_ratios must each hold exactly one tuple (one feature map)")
 
-    backbone = VGG16Backbone(width)
+    if norm not in NORM_KINDS:
+        raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
+    backbone = VGG16Backbone(width, norm)
     anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
     rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0])
     box_head = VGGBoxHead(backbone.out_channels * _ROI_OUTPUT_SIZE**2, head_dim, head_dropout)
@@ -275,6 +310,7 @@ def build_vgg16_faster_rcnn(
         "width": float(width),
         "head_dim": head_dim,
         "head_dropout": float(head_dropout),
+        "norm": norm,
         "roi_pool": roi_pool,
         "min_size": list(min_size) if isinstance(min_size, (tuple, list)) else int(min_size),
         "max_size": int(max_size),
@@ -317,7 +353,7 @@ def replace_box_predictor(model: FasterRCNN, num_classes: int) -> FastRCNNPredic
 
 
 def backbone_state_dict(model: FasterRCNN) -> OrderedDict[str, torch.Tensor]:
-    """The backbone's weights keyed like ``torchvision.models.vgg16().features`` (``"0.weight"`` …)."""
+    """The backbone's state keyed like ``torchvision.models.vgg16().features`` (``vgg16_bn`` for norm="batch")."""
     return OrderedDict(
         (name[len(BACKBONE_PREFIX) :], tensor)
         for name, tensor in model.state_dict().items()
@@ -328,14 +364,19 @@ def backbone_state_dict(model: FasterRCNN) -> OrderedDict[str, torch.Tensor]:
 def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
     """Load a local torchvision-format vgg16 state_dict into the backbone (and fc6/fc7 when shapes allow).
 
+    A backbone with ``norm="batch"`` takes ``vgg16_bn`` weights (BatchNorm statistics included).
     Accepted keys: ``features.N.weight``/``.bias`` (a full vgg16 state_dict) or bare ``N.weight`` (an
     exported backbone). ``classifier.0``/``classifier.3`` go to fc6/fc7 only when the model has
     ``width=1`` and ``head_dim=4096``; other ``classifier.*`` keys are ignored. Returns the loaded names.
     """
     path = Path(path)
+    norm = getattr(model, "arch_config", {}).get("norm", "none")
+    weights = {"none": "torchvision's vgg16 weights (e.g. vgg16-397923af.pth",
+               "batch": "torchvision's vgg16_bn weights (e.g. vgg16_bn-6c64b313.pth",
+               "group": "a backbone exported from a COLT run with model.norm=group ("}[norm]
     fix = (
-        "point pretrained_backbone at a local copy of torchvision's vgg16 weights "
-        "(e.g. vgg16-397923af.pth, copied from a machine with network access) or set it to null"
+        f"point pretrained_backbone at a local copy of {weights}, copied from a machine with network access) "
+        "or set it to null"
     )
     if not path.is_file():
         raise FileNotFoundError(f"pretrained backbone file not found: {path}; {fix}")
@@ -359,7 +400,9 @@ def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
     for name, param in backbone_params.items():
         key = name[len(BACKBONE_PREFIX) :]
         if key not in features:
-            raise ValueError(f"pretrained backbone file {path} lacks key {key!r} (VGG16 features); {fix}")
+            raise ValueError(
+                f"pretrained backbone file {path} lacks key {key!r} (VGG16 features, norm={norm!r}); {fix}"
+            )
         if tuple(features[key].shape) != tuple(param.shape):
             raise ValueError(
                 f"pretrained backbone file {path}: {key!r} has shape {tuple(features[key].shape)} but the "

@@ -3,7 +3,8 @@
     python tools/export_backbone.py RUN_DIR --out DIR [--round N | --final] [--source ticket|trained] [--onnx]
 
 Detection runs export the VGG16 backbone keyed like ``torchvision.models.vgg16().features`` (at width 1.0,
-``torchvision.models.vgg16().features.load_state_dict(torch.load(DIR / "vgg16_backbone.pth"))`` works);
+``torchvision.models.vgg16().features.load_state_dict(torch.load(DIR / "vgg16_backbone.pth"))`` works;
+``vgg16_bn`` for ``model.norm: batch``);
 classifier runs export the model's own state_dict. Pruned weights are exactly zero in both.
 """
 
@@ -155,14 +156,18 @@ def main(run_dir: str, out: str, round_index: int | None, final: bool, source: s
     click.echo(f"  sparsity tables: {result.files['sparsity_md'].name}, {result.files['sparsity_json'].name}")
     if onnx_line:
         click.echo(f"  onnx   {onnx_line}")
-    from colt_det.export import is_detection_architecture, is_torchvision_compatible
+    from colt_det.export import is_detection_architecture, is_torchvision_compatible, torchvision_vgg_name
 
     if is_detection_architecture(arch):
+        vgg = torchvision_vgg_name(arch)
         if is_torchvision_compatible(arch):
-            click.echo("  the backbone loads with "
-                       "torchvision.models.vgg16().features.load_state_dict(torch.load(...))")
+            click.echo(f"  the backbone loads with "
+                       f"torchvision.models.{vgg}().features.load_state_dict(torch.load(...))")
+        elif vgg is None:
+            click.echo("  GroupNorm backbone: keys follow the VGG16 layout with a norm after each conv; "
+                       "no torchvision model has it (load it with model.pretrained_backbone)")
         else:
-            click.echo(f"  width {arch.get('width')}: keys follow torchvision's vgg16().features, shapes are "
+            click.echo(f"  width {arch.get('width')}: keys follow torchvision's {vgg}().features, shapes are "
                        "the narrower model's")
 
 

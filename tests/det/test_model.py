@@ -14,11 +14,13 @@ from torch import nn
 from colt_det.model import (
     DETECTOR_OUTPUT_LAYERS,
     SingleLevelRoIPool,
+    VGG16Backbone,
     backbone_state_dict,
     build_from_description,
     build_vgg16_faster_rcnn,
     count_parameters,
     describe_architecture,
+    group_norm_groups,
     load_vgg16_weights,
     prune_group_parameter_names,
     prune_group_specs,
@@ -113,6 +115,67 @@ def test_prune_groups_cover_backbone_and_rpn_convs_and_fc6_fc7():
     assert DETECTOR_OUTPUT_LAYERS == ("roi_heads.box_predictor",)
 
 
+VGG16_BN_CONV_INDICES = (0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40)
+
+
+def test_batch_norm_backbone_is_vgg16_bn_features_without_last_pool():
+    with torch.device("meta"):
+        reference = torchvision.models.vgg16_bn().features
+        ours = VGG16Backbone(1.0, norm="batch")
+    assert len(ours.body) == 43 == len(reference) - 1
+    for index, (mine, theirs) in enumerate(zip(ours.body, reference)):
+        assert type(mine) is type(theirs), index
+    result = reference.load_state_dict(ours.body.state_dict(), strict=False, assign=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert [i for i, m in enumerate(ours.body) if isinstance(m, nn.Conv2d)] == list(VGG16_BN_CONV_INDICES)
+
+
+def test_group_norm_groups_divide_and_keep_two_channels_per_group():
+    assert [group_norm_groups(c) for c in (4, 5, 6, 8, 16, 64, 96, 512)] == [2, 1, 2, 4, 8, 32, 32, 32]
+    model = tiny_model(norm="group", width=0.125)
+    norms = [m for m in model.backbone.body if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 13
+    assert [(n.num_groups, n.num_channels) for n in norms[:3]] == [(4, 8), (4, 8), (8, 16)]
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_norm_layers_are_never_pruned_and_the_model_trains(norm):
+    from colt_core.pruning import resolve_prune_groups
+
+    model = tiny_model(norm=norm)
+    groups = prune_group_parameter_names(model)
+    assert groups["conv"] == [f"backbone.body.{i}.weight" for i in VGG16_BN_CONV_INDICES] + [
+        "rpn.head.conv.0.0.weight", "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"]
+    resolved = resolve_prune_groups(model, prune_group_specs(), {"conv": 0.2, "fc": 0.2}, DETECTOR_OUTPUT_LAYERS)
+    assert {g.name: list(g.params) for g in resolved} == groups
+    images, targets = square_images()
+    model.train()
+    sum(model(images, targets).values()).backward()
+    assert model.backbone.body[1].weight.grad.abs().sum() > 0
+    desc = json.loads(json.dumps(describe_architecture(model)))
+    assert desc["norm"] == norm
+    again = build_from_description(desc)
+    assert type(again.backbone.body[1]) is type(model.backbone.body[1])
+
+
+def test_vgg16_bn_weights_load_into_a_batch_norm_backbone(tmp_path):
+    torch.manual_seed(3)
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=True)
+    for module in features:
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    path = tmp_path / "vgg16_bn-local.pth"
+    torch.save(state, path)
+    torch.manual_seed(0)
+    model = build_vgg16_faster_rcnn(3, head_dim=32, min_size=64, max_size=64, norm="batch", pretrained_backbone=path)
+    for key, value in backbone_state_dict(model).items():
+        assert torch.equal(value, state[f"features.{key}"]), key
+    plain, _ = _vgg16_file(tmp_path, with_classifier=False)
+    with pytest.raises(ValueError, match=r"lacks key '1\.weight'.*norm='batch'.*vgg16_bn"):
+        build_vgg16_faster_rcnn(3, head_dim=32, norm="batch", pretrained_backbone=plain)
+
+
 def test_prune_group_specs_resolve_in_the_engine():
     from colt_core.pruning import resolve_prune_groups
 
@@ -196,7 +259,7 @@ def test_description_round_trips_through_json():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"roi_pool": "crop"}, "roi_pool"), ({"init": "orthogonal"}, "init"), ({"width": 0}, "width"),
-     ({"head_dim": 0}, "head_dim"), ({"head_dropout": 1.0}, "head_dropout")],
+     ({"head_dim": 0}, "head_dim"), ({"head_dropout": 1.0}, "head_dropout"), ({"norm": "layer"}, "norm")],
 )
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
