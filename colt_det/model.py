@@ -53,11 +53,6 @@ NORM_KINDS = ("none", "batch", "group")
 _GROUP_NORM_GROUPS = 32  # Wu & He (2018); narrow layers get fewer, so every group has at least 2 channels
 
 
-def prune_group_patterns() -> dict[str, tuple[str, ...]]:
-    """Prune groups of the detector: group name -> anchored parameter-name regexes."""
-    return {"conv": CONV_PRUNE_PATTERNS, "fc": FC_PRUNE_PATTERNS}
-
-
 def prune_group_specs() -> dict[str, dict[str, list[str]]]:
     """Prune groups in ``colt_core.pruning.resolve_prune_groups``' spec format (module types + regexes)."""
     return {
@@ -266,8 +261,6 @@ def build_vgg16_faster_rcnn(
     if len(anchor_sizes) != 1 or len(aspect_ratios) != 1:
         raise ValueError("anchor_sizes and aspect_ratios must each hold exactly one tuple (one feature map)")
 
-    if norm not in NORM_KINDS:
-        raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
     backbone = VGG16Backbone(width, norm)
     anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
     rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0])
@@ -371,13 +364,13 @@ def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
     """
     path = Path(path)
     norm = getattr(model, "arch_config", {}).get("norm", "none")
-    weights = {"none": "torchvision's vgg16 weights (e.g. vgg16-397923af.pth",
-               "batch": "torchvision's vgg16_bn weights (e.g. vgg16_bn-6c64b313.pth",
-               "group": "a backbone exported from a COLT run with model.norm=group ("}[norm]
-    fix = (
-        f"point pretrained_backbone at a local copy of {weights}, copied from a machine with network access) "
-        "or set it to null"
-    )
+    weights = {
+        "none": "torchvision's vgg16 weights (e.g. vgg16-397923af.pth, copied from a machine with network access)",
+        "batch": "torchvision's vgg16_bn weights (e.g. vgg16_bn-6c64b313.pth, copied from a machine with network "
+                 "access)",
+        "group": "a backbone exported by tools/export_backbone.py from a run with model.norm=group",
+    }[norm]
+    fix = f"point pretrained_backbone at a local copy of {weights} or set it to null"
     if not path.is_file():
         raise FileNotFoundError(f"pretrained backbone file not found: {path}; {fix}")
     try:
