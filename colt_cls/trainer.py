@@ -50,8 +50,8 @@ from colt_core.rounds import TrainJob, TrainOutput
 from colt_core.runtime import derive_seed, pick_device, seed_everything, use_amp
 from colt_core.sparsity import sparsity_report
 from colt_core.ticket import TicketError, check_ticket_fits, load_ticket
-from colt_core.training import fit
-from colt_core.weights import rewind, snapshot
+from colt_core.training import LateRewind, fit
+from colt_core.weights import rewind
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +243,6 @@ class ClassificationTrainer:
         train_loader = self._loader(train_ds, cfg.batch_size, shuffling, sampler)
         val_loader = self._loader(shard_for_evaluation(val_ds, ctx), self.cfg.eval.batch_size)
         iterations = len(train_loader)
-        if job.rewind_iteration > cfg.epochs * iterations:
-            raise ConfigError(f"prune.rewind_iteration ({job.rewind_iteration}) exceeds the "
-                              f"{cfg.epochs * iterations} optimizer steps of the training of {job.tag}; "
-                              "lower it")
         model = job.model.to(self.device)
         optimizer = build_optimizer(model, cfg.optimizer)
         try:
@@ -254,18 +250,15 @@ class ClassificationTrainer:
                                            iters_per_epoch=iterations)
         except ValueError as exc:
             raise ConfigError(f"train.schedule: {exc}") from None
+        late = LateRewind(model, scheduler, job.rewind_iteration, total_steps=cfg.epochs * iterations, tag=job.tag)
         keeper = MaskKeeper(model, job.mask, optimizer)  # masks name the parameters of the unwrapped model
         net = wrap_ddp(model, ctx)
         scaler = torch.amp.GradScaler("cuda") if self.amp else None
         writer = self._writer(job) if writes else None
-        late: dict[str, dict[str, torch.Tensor]] = {}
         last_val: dict[str, float] = {}
 
         def after_step(loss: float) -> None:
-            # Optimizer steps taken, this one included; the scheduler's count survives a resume.
-            step = scheduler.last_epoch + 1
-            if job.rewind_iteration and step == job.rewind_iteration:
-                late["state"] = snapshot(model)
+            step = late.after_step()
             if writer is not None and step % LOG_EVERY == 0:
                 writer.add_scalar("train/loss", loss, step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
@@ -296,7 +289,7 @@ class ClassificationTrainer:
         result = fit(model, epochs=cfg.epochs, train_epoch=train_epoch, val_loss=val_loss,
                      optimizer=optimizer, seed=job.seed, scheduler=scheduler, scheduler_interval="step",
                      scaler=scaler, keeper=keeper, checkpoint_path=checkpoint, on_epoch_end=on_epoch_end,
-                     rewind_state=lambda: late.get("state"),
+                     rewind_state=lambda: late.state,
                      settings={"iterations_per_epoch": iterations, "batch_size": cfg.batch_size,
                                "rewind_iteration": job.rewind_iteration, **data_summary},
                      generators=[shuffling] if shuffling is not None else [], dist=ctx)

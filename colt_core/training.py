@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from colt_core.config import flatten
+from colt_core.config import ConfigError, flatten
 from colt_core.distributed import DistContext, broadcast_buffers, check_same_across_ranks, run_on_group_main
 from colt_core.io import CheckpointError, atomic_save, load_checkpoint
 from colt_core.masks import MaskKeeper
@@ -37,6 +37,30 @@ class FitResult:
     best_val_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
     rewind_state: dict[str, torch.Tensor] | None = None
+
+
+class LateRewind:
+    """Takes the late-rewinding snapshot: the weights after `iteration` optimizer steps (0: never).
+
+    Steps are counted by the per-step lr scheduler, whose state a resumed training restores, so a training
+    killed before the rewind iteration still snapshots at the right step. Call `after_step()` after each
+    optimizer step, before the scheduler steps.
+    """
+
+    def __init__(self, model: nn.Module, scheduler: torch.optim.lr_scheduler.LRScheduler, iteration: int, *,
+                 total_steps: int, tag: str) -> None:
+        if iteration > total_steps:
+            raise ConfigError(f"prune.rewind_iteration ({iteration}) exceeds the {total_steps} optimizer steps "
+                              f"of the training of {tag}; lower it")
+        self.model, self.scheduler, self.iteration = model, scheduler, iteration
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def after_step(self) -> int:
+        """Snapshot at the rewind iteration; returns the optimizer steps taken, this one included."""
+        step = self.scheduler.last_epoch + 1
+        if self.iteration and step == self.iteration:
+            self.state = snapshot(self.model)
+        return step
 
 
 def _plain(value: Any) -> Any:

@@ -31,8 +31,7 @@ from colt_core.optim import build_lr_scheduler, build_optimizer
 from colt_core.partition import non_iid_keep
 from colt_core.rounds import TrainJob, TrainOutput
 from colt_core.runtime import derive_seed, pick_device, use_amp
-from colt_core.training import fit
-from colt_core.weights import snapshot
+from colt_core.training import LateRewind, fit
 from colt_det.coco_eval import evaluate_coco
 from colt_det.config import DetRunConfig
 from colt_det.engine import evaluate_loss, predict, train_one_epoch
@@ -139,23 +138,23 @@ class DetectionTrainer:
         model = job.model.to(self.device)
         optimizer = build_optimizer(model, cfg.optimizer)
         scheduler = build_lr_scheduler(optimizer, cfg.schedule, epochs=cfg.epochs, iters_per_epoch=len(train_loader))
+        late = LateRewind(model, scheduler, job.rewind_iteration, total_steps=cfg.epochs * len(train_loader),
+                          tag=job.tag)
         keeper = MaskKeeper(model, job.mask, optimizer)  # masks name the parameters of the unwrapped model
         net = wrap_ddp(model, ctx)
         scaler = torch.amp.GradScaler("cuda") if self.amp else None
         writer = self._writer(job) if writes else None
-        state = {"step": 0, "late": None}
 
         def after_step() -> None:
             keeper.after_step()
-            state["step"] += 1
-            if job.rewind_iteration and state["step"] == job.rewind_iteration:
-                state["late"] = snapshot(model)
+            late.after_step()
 
         def log_step(values: dict[str, Any]) -> None:
             if writer is not None:
                 for key, value in values.items():
                     if isinstance(value, (int, float)):
-                        writer.add_scalar(f"train/{key}", value, state["step"])
+                        # Called after the scheduler's step: last_epoch counts the optimizer steps taken.
+                        writer.add_scalar(f"train/{key}", value, scheduler.last_epoch)
 
         def train_epoch(epoch: int) -> dict[str, float]:
             set_sampler_epoch(train_loader, epoch)
@@ -185,7 +184,7 @@ class DetectionTrainer:
         checkpoint = job.workdir / "train_state.pt"
         result = fit(model, epochs=cfg.epochs, train_epoch=train_epoch, val_loss=val_loss, optimizer=optimizer,
                      seed=job.seed, scheduler=scheduler, scheduler_interval="step", scaler=scaler, keeper=keeper,
-                     checkpoint_path=checkpoint, on_epoch_end=on_epoch_end, rewind_state=lambda: state["late"],
+                     checkpoint_path=checkpoint, on_epoch_end=on_epoch_end, rewind_state=lambda: late.state,
                      dist=ctx)
         if writes:
             checkpoint.unlink(missing_ok=True)

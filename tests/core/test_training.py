@@ -188,3 +188,44 @@ def test_bad_epochs_and_a_diverged_validation_loss_are_reported():
             optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), seed=0)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         Run(epochs=2, scripted_val_losses=[0.5, math.nan])()
+
+
+def _stepping(model: nn.Module, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    optimizer = build_optimizer(model, OptimizerConfig(name="sgd", lr=0.1))
+    return build_lr_scheduler(optimizer, ScheduleConfig(name="cosine"), epochs=1, iters_per_epoch=steps)
+
+
+def test_late_rewind_counts_steps_through_a_resume():
+    from colt_core.config import ConfigError
+    from colt_core.training import LateRewind
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    scheduler = _stepping(model, 10)
+    late = LateRewind(model, scheduler, 5, total_steps=10, tag="p0")
+    for _ in range(3):  # killed after 3 steps
+        assert late.after_step() == scheduler.last_epoch + 1
+        scheduler.optimizer.step()
+        scheduler.step()
+    saved = scheduler.state_dict()
+    assert late.state is None
+
+    resumed_scheduler = _stepping(model, 10)
+    resumed_scheduler.load_state_dict(saved)
+    resumed = LateRewind(model, resumed_scheduler, 5, total_steps=10, tag="p0")
+    taken = []
+    for _ in range(7):
+        with torch.no_grad():
+            model.weight.add_(1.0)  # stands in for an optimizer step
+        taken.append(resumed.after_step())
+        if resumed.state is not None and len(taken) == 2:
+            assert torch.equal(resumed.state["weight"], model.weight)
+        resumed_scheduler.step()
+    assert taken == [4, 5, 6, 7, 8, 9, 10]
+    assert resumed.state is not None and not torch.equal(resumed.state["weight"], model.weight)
+
+    with pytest.raises(ConfigError, match=r"prune\.rewind_iteration \(11\) exceeds the 10 optimizer steps of .*p0"):
+        LateRewind(model, scheduler, 11, total_steps=10, tag="p0")
+    never = LateRewind(model, _stepping(model, 10), 0, total_steps=10, tag="p0")
+    never.after_step()
+    assert never.state is None
