@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
 from colt_core.runtime import pick_device
-from colt_det.model import build_vgg16_faster_rcnn, count_parameters
+from colt_det.model import build_vgg16_faster_rcnn
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, device: torch.device, seed: int = 0):
@@ -102,7 +102,7 @@ def main() -> None:
     start = time.perf_counter()
     model = build_vgg16_faster_rcnn(21, min_size=args.size, max_size=max(args.size, 1000))
     report["build_seconds"] = time.perf_counter() - start
-    report["parameters"] = count_parameters(model)
+    report["parameters"] = sum(p.numel() for p in model.parameters())
     model.to(device)
     images, targets = synthetic_batch(args.batch, args.size, 21, device)
     report["train_fp32"] = time_training_steps(model, images, targets, device, amp=False, steps=args.steps)

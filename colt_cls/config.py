@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from colt_cls.models import list_models
 from colt_cls.synthetic import write_synthetic_imagenet, write_synthetic_tiny_imagenet
-from colt_core.config import at_least, closed_interval, field, open_interval, positive
+from colt_core.config import at_least, closed_interval, field, positive
 from colt_core.optim import OptimizerConfig, ScheduleConfig
-from colt_core.settings import PruneConfig, SplitConfig, check_partitions
+from colt_core.settings import DataConfig as BaseDataConfig
+from colt_core.settings import EvalConfig, RunConfig, TrainConfig, check_partitions
 
 DatasetName = Literal["cifar10", "cifar100", "tinyimagenet", "imagenet"]
 CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}
@@ -61,18 +62,15 @@ _SYNTHETIC_ONLY_FOR = {"num_classes": ("tinyimagenet", "imagenet"), "image_size"
 
 
 @dataclass
-class DataConfig:
-    """Which dataset, where it lives, and how much of the training data is held out for model selection."""
+class DataConfig(BaseDataConfig):
+    """Which dataset, where it lives, and how much of the training data is held out for model selection
+    (a stratified share of each class's images)."""
 
     name: DatasetName = field("cifar10", help="cifar10 | cifar100 | tinyimagenet | imagenet")
     root: str = field("data", help="folder holding the dataset folder (cifar-10-batches-py/, "
                                    "cifar-100-python/, tiny-imagenet-200/) or, for imagenet, train/ and val/")
-    val_fraction: float = field(0.1, help="share of each class's training images held out (seeded) for model "
-                                          "selection; the test set is only for reported accuracy",
-                                check=open_interval(0.0, 1.0))
     image_size: int | None = field(
         None, help="input side; null = the dataset's own (32, 64, ImageNet crop 224)", check=at_least(8))
-    num_workers: int = field(2, help="DataLoader worker processes", check=at_least(0))
     synthetic: SyntheticConfig | None = field(None, help="write this synthetic twin under root when missing")
 
 
@@ -135,43 +133,33 @@ class PaperScheduleConfig(ScheduleConfig):
 
 
 @dataclass
-class TrainConfig:
-    """One training (a partition model, or a ticket on the full data)."""
+class ClsTrainConfig(TrainConfig):
+    """One training (a partition model, or a ticket on the full data); the paper's classifier recipe."""
 
-    epochs: int = field(50, help="epochs per training; the weights with the lowest validation loss are kept",
-                        check=at_least(1))
-    batch_size: int = field(64, help="images per batch", check=at_least(1))
+    batch_size: int = field(64, help="samples per batch (per rank under torchrun)", check=at_least(1))
     optimizer: PaperOptimizerConfig = field(default_factory=PaperOptimizerConfig, help="optimizer")
     schedule: PaperScheduleConfig = field(default_factory=PaperScheduleConfig, help="learning-rate schedule")
-    device: str = field("auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    amp: Literal["auto", True, False] = field("auto", help="mixed precision: auto = on with CUDA, off on CPU")
-    cpu_threads: int | None = field(None, help="torch CPU threads (null: torch's default); small models on a "
-                                               "shared CPU often run fastest on 1", check=at_least(1))
-    progress: bool = field(True, help="progress bars (on a terminal only)")
 
 
 @dataclass
-class EvalConfig:
-    """Test-set evaluation of tickets."""
+class ClsEvalConfig(EvalConfig):
+    """Validation and test-set evaluation."""
 
-    batch_size: int = field(256, help="images per evaluation batch (validation and test)", check=at_least(1))
+    batch_size: int = field(256, help="samples per evaluation batch (validation and test)", check=at_least(1))
 
 
 @dataclass
-class ClsRunConfig:
+class ClsRunConfig(RunConfig):
     """A COLT (or LTH) run of an image classifier, or the transfer of a ticket to a dataset (`ticket`)."""
 
-    seed: int = field(0, help="seed of θ0, the class split, the validation hold-out and every training")
     output_dir: str = field("runs/cls", help="run directory (--out overrides)")
+    train: ClsTrainConfig = field(default_factory=ClsTrainConfig, help="training")
+    eval: ClsEvalConfig = field(default_factory=ClsEvalConfig, help="evaluation")
     ticket: str | None = field(None, help="transfer: train this ticket file (mask + θ0, e.g. found on "
                                           "another dataset) on the data instead of finding a ticket; "
                                           "--ticket sets it")
     data: DataConfig = field(default_factory=DataConfig, help="dataset")
     model: ModelConfig = field(default_factory=ModelConfig, help="classifier")
-    train: TrainConfig = field(default_factory=TrainConfig, help="training")
-    eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation")
-    prune: PruneConfig = field(default_factory=PruneConfig, help="pruning")
-    split: SplitConfig = field(default_factory=SplitConfig, help="class partitions")
 
     @property
     def num_classes(self) -> int:

@@ -21,6 +21,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from colt_core.errors import UserError
+
 DATASET_NAMES = ("cifar10", "cifar100", "tinyimagenet", "imagenet")
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
 
@@ -61,7 +63,7 @@ _OFFICIAL_SOURCE = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset on disk is missing or malformed; the message names the path, the expected layout, the fix."""
 
 
@@ -154,6 +156,10 @@ class ImageClassificationDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[item])
+
+    def summary(self) -> dict[str, int]:
+        """Images and classes of this dataset (what a training records about its data)."""
+        return {"images": len(self), "classes": self.num_classes}
 
     @property
     def num_classes(self) -> int:

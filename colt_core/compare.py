@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from colt_core.config import ConfigError, flatten, read_yaml
-from colt_core.export import ExportError, is_finished, read_ticket_header, round_indices, round_path
+from colt_core.errors import UserError
+from colt_core.export import ExportError, read_ticket_header
 from colt_core.io import (
     CheckpointError,
     atomic_write_bytes,
@@ -27,6 +28,7 @@ from colt_core.io import (
     load_checkpoint,
     read_json,
 )
+from colt_core.rundir import RunDir, RunDirError, open_run, read_evaluation, read_summary
 from colt_core.sparsity import overall_sparsity, pruned_similarity
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,12 @@ IGNORED_CONFIG_KEYS = ("prune.method", "prune.partitions", "prune.rates", "prune
 LEVEL_TOLERANCE = 1e-9
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """Runs cannot be read or compared as asked."""
 
 
 @dataclass
-class RoundRecord:
+class ComparedRound:
     """One round of a run: its mask's sparsity, its trainings' wall time, and its ticket's evaluation."""
 
     round: int
@@ -70,7 +72,7 @@ class RoundRecord:
 
 
 @dataclass
-class RunRecord:
+class ComparedRun:
     """What the comparison reads from one run directory."""
 
     path: Path
@@ -78,12 +80,12 @@ class RunRecord:
     method: str
     partitions: int
     config: dict[str, Any]
-    rounds: list[RoundRecord]
+    rounds: list[ComparedRound]
     finished: bool
     architecture: dict[str, Any] | None
     class_names: list[str]
 
-    def round_reaching(self, level: float) -> RoundRecord | None:
+    def round_reaching(self, level: float) -> ComparedRound | None:
         """The first round whose mask is at least `level` sparse (None when the run never got there)."""
         for record in self.rounds:
             if record.sparsity >= level - LEVEL_TOLERANCE:
@@ -96,7 +98,7 @@ class RunRecord:
         return None if any(t is None for t in times) else float(sum(times))
 
     @property
-    def evaluated(self) -> list[RoundRecord]:
+    def evaluated(self) -> list[ComparedRound]:
         return [r for r in self.rounds if r.evaluated]
 
     @property
@@ -108,61 +110,48 @@ class RunRecord:
         return float(sum(r.eval_time_s or 0.0 for r in self.rounds))
 
 
-def method_label(method: str, partitions: int) -> str:
-    return f"COLT-{partitions}" if method == "colt" else method.upper()
-
-
-def read_run(path: str | Path, label: str | None = None) -> RunRecord:
+def read_run(path: str | Path, label: str | None = None) -> ComparedRun:
     """Read a run directory's summary, config and every round's sparsity report and evaluation."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CompareError(f"{path}: no such run directory")
-    if not (path / "summary.json").is_file() or not (path / "config.yaml").is_file():
-        raise CompareError(f"{path}: not a COLT run directory with a finished round (it lacks summary.json "
-                           "or config.yaml); pass the --out directory of a training run")
     try:
-        summary = read_json(path / "summary.json")
-        config = read_yaml(path / "config.yaml")
-        split = read_json(path / "split.json") if (path / "split.json").is_file() else {}
-        header = read_ticket_header(path) if is_finished(path) else None
-    except (CheckpointError, ConfigError, ExportError) as exc:
+        run = open_run(path, needs=("summary", "config"))
+        summary = read_summary(run)
+        config = read_yaml(run.config)
+        split = read_json(run.split) if run.split.is_file() else {}
+        header = read_ticket_header(run) if run.is_finished() else None
+    except (CheckpointError, ConfigError, ExportError, RunDirError) as exc:
         raise CompareError(str(exc)) from None
-    method = str(summary.get("method", "?"))
-    partitions = int(summary.get("partitions", 1))
-    stored = {int(rec["round"]): rec for rec in summary.get("rounds", [])}
+    stored = {rec.round: rec for rec in summary.rounds}
     rounds = []
-    for r in round_indices(path):
-        rdir = round_path(path, r)
+    for r in run.rounds():
+        rdir = run.round(r)
         rec = stored.get(r)
-        ev = (rec or {}).get("eval")
+        evaluation = rec.evaluation if rec is not None else None
         try:
-            report = read_json(rdir / "sparsity.json") if (rdir / "sparsity.json").is_file() else None
+            report = read_json(rdir.sparsity) if rdir.sparsity.is_file() else None
             if report is None:  # killed between writing the mask and its report: recount the mask
-                report = {"overall": {"sparsity": overall_sparsity(load_checkpoint(rdir / "mask.pt"))}}
-            if ev is None and (rdir / "eval" / "metrics.json").is_file():
-                ev = read_json(rdir / "eval" / "metrics.json")
+                report = {"overall": {"sparsity": overall_sparsity(load_checkpoint(rdir.mask))}}
+            if evaluation is None and rdir.eval.metrics.is_file():
+                evaluation = read_evaluation(rdir.eval)
         except CheckpointError as exc:
             raise CompareError(str(exc)) from None
         rate = report.get("prune_rate", {})
-        ev = ev or {}
-        value = ev.get("value")
-        rounds.append(RoundRecord(
+        rounds.append(ComparedRound(
             round=r, sparsity=float(report["overall"]["sparsity"]), prune_rate=rate.get("rate"),
             total_params=rate.get("all_params"),
-            search_time_s=None if rec is None else float(sum(p.get("wall_time_s", 0.0)
-                                                               for p in rec.get("partitions", []))),
-            eval_time_s=None if rec is None else float(ev.get("wall_time_s", 0.0)),
-            metric=ev.get("metric"), value=float(value) if isinstance(value, (int, float)) else None,
-            per_class={k: v for k, v in (ev.get("per_class") or {}).items() if isinstance(v, (int, float))}))
+            search_time_s=None if rec is None else rec.search_time_s,
+            eval_time_s=None if rec is None else (evaluation.wall_time_s if evaluation else 0.0),
+            metric=evaluation.metric if evaluation else None, value=evaluation.value if evaluation else None,
+            per_class={k: v for k, v in (evaluation.per_class if evaluation else {}).items()
+                       if isinstance(v, (int, float))}))
     if not rounds:
-        raise CompareError(f"{path}: no round_XX/mask.pt on disk; the run has not started")
-    return RunRecord(path=path, label=label or method_label(method, partitions), method=method,
-                     partitions=partitions, config=config, rounds=rounds, finished=header is not None,
-                     architecture=header["architecture"] if header else None,
-                     class_names=list(split.get("class_names", [])))
+        raise CompareError(f"{run.path}: no round_XX/mask.pt on disk; the run has not started")
+    return ComparedRun(path=run.path, label=label or summary.label, method=summary.method,
+                       partitions=summary.partitions, config=config, rounds=rounds, finished=header is not None,
+                       architecture=header["architecture"] if header else None,
+                       class_names=list(split.get("class_names", [])))
 
 
-def read_runs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> list[RunRecord]:
+def read_runs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> list[ComparedRun]:
     """Read several runs; labels default to the method (LTH, COLT-2), made unique with the folder name."""
     if labels and len(labels) != len(paths):
         raise CompareError(f"{len(labels)} labels given for {len(paths)} runs; give one per run or none")
@@ -181,7 +170,7 @@ def read_runs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> list[R
 
 
 # ----- configs ---------------------------------------------------------------------------------------
-def config_differences(runs: Sequence[RunRecord], ignore: Sequence[str] = IGNORED_CONFIG_KEYS) -> list[str]:
+def config_differences(runs: Sequence[ComparedRun], ignore: Sequence[str] = IGNORED_CONFIG_KEYS) -> list[str]:
     """Config keys on which some run differs from the first, beyond those a comparison varies."""
     def ignored(key: str) -> bool:
         return any(key == k or key.startswith(k + ".") for k in ignore)
@@ -197,7 +186,7 @@ def config_differences(runs: Sequence[RunRecord], ignore: Sequence[str] = IGNORE
 
 
 # ----- tables ----------------------------------------------------------------------------------------
-def sparsity_levels(runs: Sequence[RunRecord], levels: Sequence[float] = DEFAULT_LEVELS) -> list[float]:
+def sparsity_levels(runs: Sequence[ComparedRun], levels: Sequence[float] = DEFAULT_LEVELS) -> list[float]:
     """The given levels plus every sparsity a run's rounds reached (round 0's dense mask left out)."""
     found = {float(x) for x in levels}
     for run in runs:
@@ -205,7 +194,7 @@ def sparsity_levels(runs: Sequence[RunRecord], levels: Sequence[float] = DEFAULT
     return sorted(found)
 
 
-def rounds_to_sparsity(runs: Sequence[RunRecord], levels: Sequence[float]) -> list[dict[str, Any]]:
+def rounds_to_sparsity(runs: Sequence[ComparedRun], levels: Sequence[float]) -> list[dict[str, Any]]:
     """Per level and run: the first round at or above it, its sparsity, and the search time to get there."""
     rows = []
     for level in levels:
@@ -219,13 +208,13 @@ def rounds_to_sparsity(runs: Sequence[RunRecord], levels: Sequence[float]) -> li
     return rows
 
 
-def metric_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+def metric_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
     """Every evaluated ticket: run, round, both sparsities, metric and value."""
     return [{"run": run.label, "round": r.round, "sparsity": r.sparsity, "prune_rate": r.prune_rate,
              "metric": r.metric, "value": r.value} for run in runs for r in run.evaluated]
 
 
-def wall_time_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+def wall_time_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
     """Wall time per round (partition trainings, ticket evaluation) and the running total per run."""
     rows = []
     for run in runs:
@@ -238,7 +227,7 @@ def wall_time_rows(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def comparison_pairs(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, RunRecord]]:
+def comparison_pairs(runs: Sequence[ComparedRun]) -> list[tuple[ComparedRun, ComparedRun]]:
     """(reference, other) pairs for Fig. 7: each LTH run against each COLT run, else the first vs the rest."""
     lth = [r for r in runs if r.method == "lth"]
     colt = [r for r in runs if r.method != "lth"]
@@ -247,7 +236,7 @@ def comparison_pairs(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, RunReco
     return [(runs[0], other) for other in runs[1:]]
 
 
-def similarity_rows(reference: RunRecord, other: RunRecord) -> list[dict[str, Any]]:
+def similarity_rows(reference: ComparedRun, other: ComparedRun) -> list[dict[str, Any]]:
     """Fig. 7: for each pruned round of `reference`, the `other` mask of closest sparsity and the share of
     all parameters that both prune (`pruned_similarity` over every parameter of the model)."""
     candidates = [r for r in other.rounds if r.sparsity > 0]
@@ -259,8 +248,8 @@ def similarity_rows(reference: RunRecord, other: RunRecord) -> list[dict[str, An
         if ref.total_params is not None and match.total_params not in (None, ref.total_params):
             raise CompareError(f"{reference.path} and {other.path} prune models of different sizes "
                                f"({ref.total_params} and {match.total_params} parameters)")
-        mask_a = load_checkpoint(round_path(reference.path, ref.round) / "mask.pt")
-        mask_b = load_checkpoint(round_path(other.path, match.round) / "mask.pt")
+        mask_a = load_checkpoint(RunDir(reference.path).round(ref.round).mask)
+        mask_b = load_checkpoint(RunDir(other.path).round(match.round).mask)
         try:
             similarity = pruned_similarity(mask_a, mask_b, ref.total_params)
         except ValueError as exc:
@@ -273,8 +262,8 @@ def similarity_rows(reference: RunRecord, other: RunRecord) -> list[dict[str, An
     return rows
 
 
-def matching_tickets(runs: Sequence[RunRecord]) -> tuple[tuple[RunRecord, RoundRecord] | None,
-                                                          list[tuple[RunRecord, RoundRecord]]]:
+def matching_tickets(runs: Sequence[ComparedRun]) -> tuple[tuple[ComparedRun, ComparedRound] | None,
+                                                          list[tuple[ComparedRun, ComparedRound]]]:
     """The dense model and each run's evaluated ticket at a sparsity all runs reached (the paper's Table VII).
 
     The level is the highest sparsity that every run with an evaluated sparse ticket has evaluated; each
@@ -304,7 +293,7 @@ def _metric_value(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}"
 
 
-def runs_markdown(runs: Sequence[RunRecord]) -> str:
+def runs_markdown(runs: Sequence[ComparedRun]) -> str:
     lines = ["| run | directory | method | partitions | rates | rounds | final sparsity | prune rate | "
              "final metric | search time (s) | eval time (s) | total (s) |",
              "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|"]
@@ -322,7 +311,7 @@ def runs_markdown(runs: Sequence[RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def rounds_to_sparsity_markdown(runs: Sequence[RunRecord], rows: Sequence[Mapping[str, Any]]) -> str:
+def rounds_to_sparsity_markdown(runs: Sequence[ComparedRun], rows: Sequence[Mapping[str, Any]]) -> str:
     """Wide table: one row per level, per run 'rounds (sparsity reached, search time)'."""
     labels = [r.label for r in runs]
     lines = ["| sparsity ≥ | " + " | ".join(labels) + " |", "|---:|" + "---:|" * len(labels)]
@@ -403,7 +392,7 @@ def _save_png(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     return Path(path)
 
 
-def run_colours(runs: Sequence[RunRecord]) -> dict[str, str]:
+def run_colours(runs: Sequence[ComparedRun]) -> dict[str, str]:
     """One colour per run: the paper's red for the first LTH run and green for the first COLT run."""
     preferred = {"lth": "tab:red", "colt": "tab:green"}
     others = iter(c for c in _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
@@ -415,7 +404,7 @@ def run_colours(runs: Sequence[RunRecord]) -> dict[str, str]:
     return colours
 
 
-def plot_metric_and_rounds(runs: Sequence[RunRecord], path: str | Path, title: str = "") -> Path:
+def plot_metric_and_rounds(runs: Sequence[ComparedRun], path: str | Path, title: str = "") -> Path:
     """Fig. 5: ticket metric (solid, left axis) and rounds taken (dashed, right axis) against sparsity."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
@@ -480,7 +469,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "run"
 
 
-def write_comparison(runs: Sequence[RunRecord], out_dir: str | Path, levels: Sequence[float] = DEFAULT_LEVELS,
+def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: Sequence[float] = DEFAULT_LEVELS,
                      extra_sections: Sequence[str] = (), extra_files: Mapping[str, Path] | None = None
                      ) -> dict[str, Path]:
     """Write comparison.md, CSV tables, comparison.json and the Fig. 5 / Fig. 7 PNGs; return the paths.

@@ -15,12 +15,14 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from colt_core.errors import UserError
+
 T = TypeVar("T")
 
 Check = Callable[[Any], "str | None"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is unknown, of the wrong type or out of range."""
 
 
@@ -241,8 +243,3 @@ def load_config(cls: type[T], cfg: str | Path | None, overrides: Sequence[str] =
     for override in overrides:
         apply_override(data, override)
     return from_dict(cls, data)
-
-
-def dump_yaml(obj: Any) -> str:
-    """A config as YAML text (dataclass or mapping)."""
-    return yaml.safe_dump(to_dict(obj), sort_keys=False)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from colt_core.errors import UserError
 from colt_core.io import (
     atomic_save,
     atomic_write_bytes,
@@ -35,6 +36,7 @@ from colt_core.io import (
     read_json,
 )
 from colt_core.pruning import PruneGroup
+from colt_core.rundir import RunDir, TrainingDir, open_run, read_evaluation, read_summary
 from colt_core.sparsity import format_sparsity_table, sparsity_report
 from colt_core.ticket import (
     TICKET_FORMAT,
@@ -52,11 +54,11 @@ SPARSE_VERSION = 1
 SOURCES = ("ticket", "trained")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A run directory, round or model cannot be exported as asked."""
 
 
-class SparseFormatError(ValueError):
+class SparseFormatError(UserError, ValueError):
     """A sparse state_dict file is malformed."""
 
 
@@ -213,39 +215,9 @@ def masked_state_dict(state_dict: Mapping[str, torch.Tensor],
 
 
 # ----- run directories ------------------------------------------------------------------------------
-def round_path(run_dir: str | Path, r: int) -> Path:
-    return Path(run_dir) / f"round_{r:02d}"
-
-
-def check_run_dir(run_dir: str | Path) -> Path:
-    """The path of a COLT run directory, or one clear error when it is not one."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ExportError(f"{run_dir}: no such run directory")
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "init.pt").is_file():
-        raise ExportError(f"{run_dir}: not a COLT run directory (it lacks config.yaml or init.pt); pass the "
-                          "--out directory of a training run (tools/train_colt_det.py or train_colt_cls.py)")
-    return run_dir
-
-
-def round_indices(run_dir: str | Path) -> list[int]:
-    """Rounds whose mask is on disk, in order."""
-    found = []
-    for path in Path(run_dir).glob("round_*"):
-        suffix = path.name.removeprefix("round_")
-        if suffix.isdigit() and (path / "mask.pt").is_file():
-            found.append(int(suffix))
-    return sorted(found)
-
-
-def is_finished(run_dir: str | Path) -> bool:
-    """A run is finished once its ticket.pt is written."""
-    return (Path(run_dir) / "ticket.pt").is_file()
-
-
-def read_ticket_header(run_dir: str | Path) -> dict[str, Any]:
+def read_ticket_header(run: RunDir) -> dict[str, Any]:
     """Architecture, sparsity and meta of a finished run's ticket, without reading θ0 into memory."""
-    path = Path(run_dir) / "ticket.pt"
+    path = run.ticket
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
@@ -263,71 +235,67 @@ def _rounds_text(rounds: Sequence[int]) -> str:
     return ", ".join(map(str, rounds)) if rounds else "none"
 
 
-def load_round_ticket(run_dir: str | Path, round: int | None = None,
+def load_round_ticket(run: RunDir, round: int | None = None,
                       architecture: Mapping[str, Any] | None = None) -> Ticket:
     """The ticket of one round (its mask + θ0), or the run's final ticket when `round` is None.
 
     `architecture` describes the model when the run is unfinished (it has no ticket.pt yet). The
     returned ticket's meta holds the run's meta plus `round` and `run_dir`.
     """
-    run_dir = check_run_dir(run_dir)
-    rounds = round_indices(run_dir)
-    finished = is_finished(run_dir)
-    header = read_ticket_header(run_dir) if finished else None
+    rounds = run.rounds()
+    finished = run.is_finished()
+    header = read_ticket_header(run) if finished else None
     if round is None:
         if header is None:
-            raise ExportError(f"{run_dir}: the run is unfinished (no ticket.pt); choose one of its rounds "
+            raise ExportError(f"{run.path}: the run is unfinished (no ticket.pt); choose one of its rounds "
                               f"with --round N (rounds on disk: {_rounds_text(rounds)}) or finish it "
                               "with --resume")
         round = int(header["meta"].get("rounds", rounds[-1] if rounds else 0))
     if round not in rounds:
         state = "" if finished else " (the run is unfinished: no ticket.pt)"
-        raise ExportError(f"{run_dir}: round {round} does not exist{state}; rounds on disk: "
+        raise ExportError(f"{run.path}: round {round} does not exist{state}; rounds on disk: "
                           f"{_rounds_text(rounds)}")
-    rdir = round_path(run_dir, round)
-    mask = load_checkpoint(rdir / "mask.pt")
-    init = load_checkpoint(run_dir / "init.pt")
+    rdir = run.round(round)
+    mask = load_checkpoint(rdir.mask)
+    init = load_checkpoint(run.init)
     if header is not None:
         arch, meta = header["architecture"], dict(header["meta"])
     elif architecture is not None:
         arch, meta = dict(architecture), {}
     else:
-        raise ExportError(f"{run_dir}: the run is unfinished (no ticket.pt) and no architecture "
+        raise ExportError(f"{run.path}: the run is unfinished (no ticket.pt) and no architecture "
                           "description was given; finish the run with --resume, or pass the architecture")
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        summary = read_json(summary_path)
-        meta.setdefault("method", summary.get("method"))
-        meta.setdefault("partitions", summary.get("partitions"))
-    sparsity_path = rdir / "sparsity.json"
-    sparsity = read_json(sparsity_path) if sparsity_path.is_file() else sparsity_report(mask)
+    if run.summary.is_file():
+        summary = read_summary(run)
+        meta.setdefault("method", summary.method)
+        meta.setdefault("partitions", summary.partitions)
+    sparsity = read_json(rdir.sparsity) if rdir.sparsity.is_file() else sparsity_report(mask)
     final_round = header["meta"].get("rounds") if header is not None else None
-    meta.update(round=round, run_dir=str(run_dir), final=round == final_round)
+    meta.update(round=round, run_dir=str(run.path), final=round == final_round)
     ticket = Ticket(mask=dict(mask), init=dict(init), architecture=dict(arch), sparsity=sparsity, meta=meta)
     try:
-        validate_ticket(ticket, source=str(rdir / "mask.pt"))
+        validate_ticket(ticket, source=str(rdir.mask))
     except TicketError as exc:
         raise ExportError(str(exc)) from None
     return ticket
 
 
-def evaluated_rounds(run_dir: str | Path) -> list[int]:
+def evaluated_rounds(run: RunDir) -> list[int]:
     """Rounds whose ticket was trained on the full data and evaluated."""
-    return [r for r in round_indices(run_dir) if (round_path(run_dir, r) / "eval" / "metrics.json").is_file()]
+    return [r for r in run.rounds() if run.round(r).eval.metrics.is_file()]
 
 
-def trained_weights_path(run_dir: str | Path, round: int) -> Path:
+def trained_weights_path(run: RunDir, round: int) -> Path:
     """The trained full-data model of a round's ticket evaluation (LTH rounds may reuse their training)."""
-    run_dir = Path(run_dir)
-    edir = round_path(run_dir, round) / "eval"
-    if (edir / "model.pt").is_file():
-        return edir / "model.pt"
-    if (edir / "metrics.json").is_file():
-        reused = (read_json(edir / "metrics.json").get("train") or {}).get("reused")
-        if reused and (run_dir / reused / "model.pt").is_file():
-            return run_dir / reused / "model.pt"
-    evaluated = [r for r in evaluated_rounds(run_dir) if r != round]
-    raise ExportError(f"{run_dir}: round {round} has no trained full-data model (its ticket was not "
+    files = run.round(round).eval
+    if files.model.is_file():
+        return files.model
+    if files.metrics.is_file():
+        reused = read_evaluation(files).reused
+        if reused and TrainingDir(run.resolve(reused)).model.is_file():
+            return TrainingDir(run.resolve(reused)).model
+    evaluated = [r for r in evaluated_rounds(run) if r != round]
+    raise ExportError(f"{run.path}: round {round} has no trained full-data model (its ticket was not "
                       f"evaluated, or its model file was deleted); use --source ticket, or a round with one: "
                       f"{_rounds_text(evaluated)}")
 
@@ -387,7 +355,7 @@ def _renamed_groups(model_report: Mapping[str, Any], renamed: Mapping[str, str])
     return [PruneGroup(g, float(rates.get(g, 0.0)), tuple(names)) for g, names in members.items()]
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path,
+def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
                make_target: Callable[[Mapping[str, Any]], ExportTarget], *, round: int | None = None,
                source: str = "ticket", architecture: Mapping[str, Any] | None = None) -> ExportResult:
     """Export one round of a run (or its final ticket): dense and sparse weights, the ticket, sparsity tables.
@@ -397,10 +365,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path,
     """
     if source not in SOURCES:
         raise ExportError(f"source must be one of {SOURCES}, got {source!r}")
-    if Path(out_dir).resolve() == Path(run_dir).resolve():
+    run = open_run(run_dir)
+    run_dir = run.path
+    if Path(out_dir).resolve() == run_dir.resolve():
         raise ExportError(f"--out {out_dir} is the run directory itself, whose ticket.pt the export would "
                           "replace; choose another folder, e.g. RUN_DIR/export")
-    ticket = load_round_ticket(run_dir, round, architecture)
+    ticket = load_round_ticket(run, round, architecture)
     r = int(ticket.meta["round"])
     try:
         target = make_target(ticket.architecture)
@@ -412,7 +382,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path,
     except TicketError as exc:
         raise ExportError(f"mismatched architecture: {exc}") from None
     if source == "trained":
-        weights_path = trained_weights_path(run_dir, r)
+        weights_path = trained_weights_path(run, r)
         raw = load_checkpoint(weights_path)
         revived = sum(int(torch.count_nonzero(raw[n][~m])) for n, m in ticket.mask.items()
                       if n in raw and raw[n].shape == m.shape)
@@ -421,7 +391,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path,
             log.warning("%s: %d pruned weights are not zero in the trained model; they are exported as zero",
                         weights_path, revived)
     else:
-        weights_path, raw = Path(run_dir) / "init.pt", ticket.init
+        weights_path, raw = run.init, ticket.init
     weights = masked_state_dict(raw, ticket.mask)
     try:
         target.model.load_state_dict(weights, strict=True)
@@ -458,7 +428,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path,
     save_ticket(Ticket(mask=ticket.mask, init=ticket.init, architecture=ticket.architecture,
                        sparsity=ticket.sparsity, meta={**ticket.meta, "exported_from": str(run_dir)}),
                 files["ticket"])
-    title = f"# Sparsity of {Path(run_dir).name}, round {r} ({source})\n\n"
+    title = f"# Sparsity of {run_dir.name}, round {r} ({source})\n\n"
     atomic_write_text(title + sparsity_markdown(ticket.sparsity, exported_report), files["sparsity_md"])
     atomic_write_json({"round": r, "source": source, "model": ticket.sparsity, "exported": exported_report},
                       files["sparsity_json"])
@@ -521,8 +491,8 @@ def verify_onnx(path: str | Path, feeds: Mapping[str, np.ndarray],
 
 __all__ = [
     "SOURCES", "SPARSE_FORMAT", "ExportError", "ExportResult", "ExportTarget",
-    "SparseFormatError", "check_run_dir", "encode_sparse", "evaluated_rounds", "export_onnx", "export_run",
-    "is_finished", "load_round_ticket", "load_sparse", "load_sparse_mask", "masked_state_dict",
-    "read_ticket_header", "require_onnx", "round_indices", "round_path", "save_sparse", "sparsity_markdown",
+    "SparseFormatError", "encode_sparse", "evaluated_rounds", "export_onnx", "export_run",
+    "load_round_ticket", "load_sparse", "load_sparse_mask", "masked_state_dict",
+    "read_ticket_header", "require_onnx", "save_sparse", "sparsity_markdown",
     "trained_weights_path", "verify_onnx",
 ]

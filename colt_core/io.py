@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from colt_core.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A file on disk is missing, truncated or not what it claims to be."""
 
 
@@ -67,15 +71,29 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({exc}); delete it to recompute it") from None
 
 
-def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> Any:
-    """`torch.load` on the CPU with one clear error for a missing or corrupt file."""
+RUN_FILE_FIX = "delete it and resume the run, which recomputes it"
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True, fix: str = RUN_FILE_FIX) -> Any:
+    """`torch.load` on the CPU with one clear error for a missing or corrupt file.
+
+    `fix` is the advice for a damaged file: the default suits the files a run recomputes on resume; files
+    the user brings (a ticket, pretrained weights) say where a good copy comes from.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:  # noqa: BLE001 - torch raises many unrelated types for a damaged file
-        raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}); "
-            "the file is corrupt or from another program: delete it (a resumed run recomputes it)"
-        ) from None
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch file ({_first_sentence(exc)}); the file is "
+                              f"damaged or from another program: {fix}") from None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """What went wrong, in a few words: torch's loading errors run to paragraphs of advice."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects, not only tensors"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.split(". ")[0].rstrip(".")

@@ -64,11 +64,6 @@ def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
         p.mul_(m.to(device=p.device, dtype=p.dtype))
 
 
-def mask_of_state_dict(state_dict: Mapping[str, torch.Tensor], names: Iterable[str]) -> Mask:
-    """The mask of weights that are non-zero in a state_dict (for checks and exports)."""
-    return {n: state_dict[n] != 0 for n in names}
-
-
 class MaskKeeper:
     """Keeps pruned weights exactly zero through training.
 

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from colt_core.errors import UserError
 
-class PartitionError(ValueError):
+
+class PartitionError(UserError, ValueError):
     """An explicit class split is not a valid partition."""
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from colt_core.errors import UserError
 from colt_core.masks import Mask
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 NEVER_PRUNED_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-class LayerCollapseError(RuntimeError):
+class LayerCollapseError(UserError, RuntimeError):
     """Pruning would remove every weight of a layer."""
 
 
@@ -206,13 +207,3 @@ def _kth_and_count(scores: torch.Tensor, k: int, sample_size: int = 1 << 20) -> 
                 return value, below + int(torch.count_nonzero(band <= value))
     value = float(torch.kthvalue(scores, k).values)
     return value, _count_below(scores, value, inclusive=True)
-
-
-def kth_smallest(scores: torch.Tensor, k: int, *, sample_size: int = 1 << 20) -> float:
-    """The exact k-th smallest value (1-based) of a flat tensor.
-
-    For large inputs a random sample brackets the answer, and the exact selection runs on the
-    narrow band between the brackets: a few linear passes instead of a selection over everything.
-    The sample only affects speed, never the result.
-    """
-    return _kth_and_count(scores, k, sample_size)[0]

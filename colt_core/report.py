@@ -1,6 +1,7 @@
-"""The rounds table every front end reports: round, sparsity both ways, the ticket metric, wall time.
+"""A run's report, for any task: the rounds table (sparsity both ways, the ticket metric, wall time) and the
+per-class table of every evaluated ticket, as Markdown, CSV, JSON and a bar chart.
 
-Reads the `summary.json` structure the round loop writes; front ends add their own per-class tables.
+A front end only says what its metric is called and how it is shown (`ReportStyle`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,28 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from colt_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from colt_core.rundir import RoundRecord, RunDir, RunSummary
+
+
+@dataclass(frozen=True)
+class ReportStyle:
+    """How a task's report reads: titles, the per-class metric's file name, extra rounds-table columns."""
+
+    title: str  # e.g. "COLT detection run"
+    per_class_title: str  # e.g. "Per-class AP (%)"
+    per_class_name: str  # file stem: per_class_<name>.csv/.json/.png
+    per_class_axis: str = "value (%)"
+    note: str = ""  # a paragraph under the rounds table's heading
+    extra_columns: Mapping[str, str] = field(default_factory=dict)  # evaluation key -> column title
+    digits: int = 2  # decimals of the per-class percentages
+    mean_row: str | None = None  # e.g. "mAP": a last row with each ticket's mean over the classes
+    markdown_class_limit: int = 25  # more classes than this go to the CSV only
+    plot: bool = True
 
 
 def _number(value: Any) -> float | None:
@@ -18,33 +40,35 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def metric_name(summary: Mapping[str, Any]) -> str:
+def _pct(value: Any, digits: int = 2) -> str:
+    number = _number(value)
+    return "" if number is None else f"{100 * number:.{digits}f}"
+
+
+# ----- the rounds table ------------------------------------------------------------------------------
+def metric_name(summary: RunSummary) -> str:
     """The headline metric of a run's evaluated tickets (e.g. "top-1 accuracy"), "metric" when none is."""
-    for record in summary["rounds"]:
-        if "eval" in record and record["eval"].get("metric"):
-            return str(record["eval"]["metric"])
+    for record in summary.evaluated:
+        if record.evaluation and record.evaluation.metric:
+            return record.evaluation.metric
     return "metric"
 
 
-def rounds_rows(summary: Mapping[str, Any], extra: Sequence[str] = ()) -> list[dict[str, Any]]:
+def rounds_rows(summary: RunSummary, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One plain row per round: round, sparsity, prune_rate, value (None when not evaluated), the
     evaluation's `extra` keys, wall_time_s. Fractions stay fractions."""
     rows = []
-    for record in summary["rounds"]:
-        evaluation = record.get("eval", {})
-        row = {"round": record["round"], "sparsity": record["sparsity"], "prune_rate": record["prune_rate"],
-               "value": _number(evaluation.get("value"))}
-        row.update({key: _number(evaluation.get(key)) for key in extra})
-        row["wall_time_s"] = float(record.get("wall_time_s", 0.0))
+    for record in summary.rounds:
+        evaluation = record.evaluation
+        row: dict[str, Any] = {"round": record.round, "sparsity": record.sparsity, "prune_rate": record.prune_rate,
+                               "value": _number(evaluation.value) if evaluation else None}
+        row.update({key: _number(evaluation.get(key)) if evaluation else None for key in extra})
+        row["wall_time_s"] = float(record.wall_time_s)
         rows.append(row)
     return rows
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.2f}"
-
-
-def rounds_markdown(summary: Mapping[str, Any], extra: Mapping[str, str] | None = None) -> str:
+def rounds_markdown(summary: RunSummary, extra: Mapping[str, str] | None = None) -> str:
     """A Markdown table of the rounds; `extra` maps further evaluation keys (fractions) to column titles."""
     extra = dict(extra or {})
     titles = ["round", "sparsity (prunable weights, %)", "prune rate (all parameters, %)",
@@ -57,7 +81,7 @@ def rounds_markdown(summary: Mapping[str, Any], extra: Mapping[str, str] | None 
     return "\n".join(lines)
 
 
-def rounds_csv(summary: Mapping[str, Any], extra: Sequence[str] = ()) -> str:
+def rounds_csv(summary: RunSummary, extra: Sequence[str] = ()) -> str:
     """The rounds as CSV text with a header row; the metric column is named after the metric."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -66,3 +90,104 @@ def rounds_csv(summary: Mapping[str, Any], extra: Sequence[str] = ()) -> str:
     for row in rounds_rows(summary, extra):
         writer.writerow(["" if row[key] is None else row[key] for key in keys])
     return out.getvalue()
+
+
+# ----- per-class tables ------------------------------------------------------------------------------
+def ticket_label(record: RoundRecord) -> str:
+    """Column label of an evaluated ticket: the dense model or the round and its sparsity."""
+    if record.sparsity == 0:
+        return "dense"
+    return f"round {record.round} ({100 * record.sparsity:.1f}% sparse)"
+
+
+def per_class_columns(summary: RunSummary) -> dict[str, dict[str, float]]:
+    """{ticket label: {class: value}} for every evaluated ticket of a run."""
+    return {ticket_label(r): dict(r.evaluation.per_class) for r in summary.evaluated if r.evaluation}
+
+
+def per_class_markdown(columns: Mapping[str, Mapping[str, float]], class_names: Sequence[str], *,
+                       digits: int = 2, mean_row: str | None = None) -> str:
+    """One row per class, one column per ticket, values in percent; `mean_row` adds each column's mean."""
+    labels = list(columns)
+    lines = ["| class | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    lines += [f"| {name} | " + " | ".join(_pct(columns[label].get(name), digits) for label in labels) + " |"
+              for name in class_names]
+    if mean_row:
+        means = []
+        for label in labels:
+            values = [v for v in map(_number, columns[label].values()) if v is not None]
+            means.append(f"**{_pct(sum(values) / len(values), digits)}**" if values else "")
+        lines.append(f"| **{mean_row}** | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def per_class_csv(columns: Mapping[str, Mapping[str, float]], class_names: Sequence[str]) -> str:
+    """The per-class table as CSV (fractions, NaN where a class has no value)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["class", *columns])
+    for name in class_names:
+        writer.writerow([name, *(columns[label].get(name, math.nan) for label in columns)])
+    return out.getvalue()
+
+
+def plot_per_class(columns: Mapping[str, Mapping[str, float]], class_names: Sequence[str], path: str | Path,
+                   title: str = "Per-class metric", ylabel: str = "value (%)") -> Path:
+    """A grouped bar chart of a per-class metric, one bar colour per ticket, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(columns)
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(class_names) * max(1, len(labels)) / 1.5), 4.5))
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        xs = [k + (i - (len(labels) - 1) / 2) * width for k in range(len(class_names))]
+        ys = [100 * (_number(columns[label].get(c)) or 0.0) for c in class_names]
+        ax.bar(xs, ys, width=width, label=label)
+    ax.set_xticks(range(len(class_names)))
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(buffer.getvalue(), path)
+    return Path(path)
+
+
+# ----- the report ------------------------------------------------------------------------------------
+def write_report(run: RunDir, summary: RunSummary, class_names: Sequence[str], style: ReportStyle) -> Path:
+    """Write report.md, rounds.csv/.json and the per-class CSV/JSON (and bar chart) of a run."""
+    columns = per_class_columns(summary)
+    extra = list(style.extra_columns)
+    parts = [f"# {style.title}: {summary.label}", "", "## Rounds", ""]
+    if style.note:
+        parts += [style.note, ""]
+    parts += [rounds_markdown(summary, style.extra_columns), ""]
+    if columns and len(class_names) <= style.markdown_class_limit:
+        parts += [f"## {style.per_class_title}", "",
+                  per_class_markdown(columns, class_names, digits=style.digits, mean_row=style.mean_row), ""]
+        if style.plot:
+            png = run.per_class(style.per_class_name, "png")
+            plot_per_class(columns, class_names, png, f"{style.per_class_title}, {summary.label}",
+                           style.per_class_axis)
+            parts += [f"![{style.per_class_title}]({png.name})", ""]
+    elif columns:
+        parts += [f"{style.per_class_title}: {run.per_class(style.per_class_name, 'csv').name}", ""]
+    atomic_write_text("\n".join(parts), run.report)
+    atomic_write_text(rounds_csv(summary, extra), run.rounds_csv)
+    atomic_write_json({"method": summary.method, "partitions": summary.partitions,
+                       "rounds": rounds_rows(summary, extra)}, run.rounds_json)
+    if columns:
+        atomic_write_text(per_class_csv(columns, class_names), run.per_class(style.per_class_name, "csv"))
+        atomic_write_json({ticket_label(r): {"round": r.round, "sparsity": r.sparsity, "metric": r.evaluation.metric,
+                                             "value": r.evaluation.value, "per_class": r.evaluation.per_class}
+                           for r in summary.evaluated if r.evaluation},
+                          run.per_class(style.per_class_name, "json"))
+    return run.report

@@ -5,9 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
+from collections.abc import Iterable
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+from colt_core.config import ConfigError
+
+T = TypeVar("T")
 
 
 def derive_seed(base: int, *keys: object) -> int:
@@ -35,7 +42,7 @@ def pick_device(requested: str = "auto") -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but CUDA is not available; use device: auto or cpu")
+        raise ConfigError(f"train.device: {requested!r} requested but CUDA is not available; use auto or cpu")
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
@@ -46,3 +53,12 @@ def use_amp(device: torch.device, amp: bool | str = "auto") -> bool:
     if amp == "auto":
         return device.type == "cuda"
     return bool(amp) and device.type == "cuda"
+
+
+def progress_bar(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:
+    """A tqdm bar over `iterable` on a terminal when `enabled`; the iterable itself otherwise (logs, CI)."""
+    if not (enabled and sys.stderr.isatty()):
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)

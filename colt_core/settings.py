@@ -1,11 +1,40 @@
-"""The engine's config sections: how to prune (`prune:`) and how to split classes (`split:`)."""
+"""The engine's config sections: how to train (`train:`, `eval:`), prune (`prune:`) and split classes (`split:`).
+
+Every front end's run config has these sections, so every knob works for every task; a front end may
+subclass a section only to change its defaults (its paper recipe).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from colt_core.config import at_least, closed_interval, field, open_interval
+from colt_core.config import at_least, closed_interval, field, open_interval, positive
+from colt_core.optim import OptimizerConfig, ScheduleConfig
+
+
+@dataclass
+class TrainConfig:
+    """One training (a partition model, a ticket on the full data): the detector paper's recipe by default."""
+
+    epochs: int = field(50, help="epochs per training; the weights with the lowest validation loss are kept",
+                        check=at_least(1))
+    batch_size: int = field(4, help="samples per batch (per rank under torchrun)", check=at_least(1))
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, help="optimizer")
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, help="learning-rate schedule")
+    grad_clip: float | None = field(None, help="clip the gradient norm to this (null: no clipping)", check=positive)
+    device: str = field("auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    amp: Literal["auto", True, False] = field("auto", help="mixed precision: auto = on with CUDA, never on the CPU")
+    cpu_threads: int | None = field(None, help="torch CPU threads (null: torch's default); small models on a "
+                                               "shared CPU often run fastest on 1", check=at_least(1))
+    progress: bool = field(True, help="progress bars (on a terminal only)")
+
+
+@dataclass
+class EvalConfig:
+    """Validation and test-set evaluation."""
+
+    batch_size: int = field(4, help="samples per evaluation batch (validation and test)", check=at_least(1))
 
 
 @dataclass
@@ -80,3 +109,27 @@ def check_partitions(prune: PruneConfig, split: SplitConfig, num_classes: int) -
         problems.append(("split.groups",
                          f"gives {len(split.groups)} groups but prune.partitions is {prune.partitions}"))
     return problems
+
+
+@dataclass
+class DataConfig:
+    """What every task's `data:` section has; a front end adds where its dataset lives and how it is read."""
+
+    val_fraction: float = field(0.1, help="share of the training data held out (seeded) for model selection; "
+                                          "the test set is only for reported metrics",
+                                check=open_interval(0.0, 1.0))
+    num_workers: int = field(2, help="DataLoader worker processes", check=at_least(0))
+
+
+@dataclass
+class RunConfig:
+    """The sections every run config has; a front end adds its `data:` and `model:` (and may narrow a
+    section's type to change its defaults)."""
+
+    seed: int = field(0, help="seed of θ0, the class split, the validation hold-out and every training")
+    output_dir: str = field("runs/run", help="run directory (--out overrides)")
+    data: DataConfig = field(default_factory=DataConfig, help="dataset")
+    train: TrainConfig = field(default_factory=TrainConfig, help="training")
+    eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation")
+    prune: PruneConfig = field(default_factory=PruneConfig, help="pruning")
+    split: SplitConfig = field(default_factory=SplitConfig, help="class partitions")

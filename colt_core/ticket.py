@@ -10,12 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from colt_core.errors import UserError
 from colt_core.io import atomic_save, load_checkpoint
 
 TICKET_FORMAT = 1
 
 
-class TicketError(ValueError):
+class TicketError(UserError, ValueError):
     """A ticket file is malformed or does not fit the model it is loaded into."""
 
 
@@ -52,15 +53,19 @@ def validate_ticket(ticket: Ticket, source: str = "ticket") -> None:
                               f"{tuple(ticket.init[name].shape)}")
 
 
+TICKET_FIX = "pass a ticket.pt written by tools/train_colt_det.py, train_colt_cls.py or export_backbone.py"
+
+
 def load_ticket(path: str | Path, model: nn.Module | None = None,
-                output_layers: tuple[str, ...] | list[str] = ()) -> Ticket:
+                output_layers: tuple[str, ...] | list[str] = (), *, fix: str = TICKET_FIX) -> Ticket:
     """Read and validate a ticket; with `model`, check every name and shape against it.
 
-    Output layers may differ in size (a head for another label set); everything else must match.
+    Output layers may differ in size (a head for another label set); everything else must match. `fix` is
+    the advice when the file is not a readable ticket (the default suits a ticket the user brought).
     """
-    data = load_checkpoint(path)
+    data = load_checkpoint(path, fix=fix)
     if not isinstance(data, Mapping) or data.get("format") != TICKET_FORMAT:
-        raise TicketError(f"{path}: not a COLT ticket file (expected keys format/mask/init/architecture)")
+        raise TicketError(f"{path}: not a COLT ticket file (expected keys format/mask/init/architecture); {fix}")
     missing = [k for k in ("mask", "init", "architecture") if k not in data]
     if missing:
         raise TicketError(f"{path}: ticket lacks {missing}")

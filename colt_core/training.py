@@ -1,42 +1,54 @@
-"""A task-agnostic epoch loop: model selection by validation loss, resumable per-epoch checkpoints.
+"""The one training recipe: every model of every task is trained by `Trainer.train`.
 
-The front ends supply one epoch of training and the validation loss; this loop owns reseeding,
-best-model selection and the checkpoint that lets a killed training resume bit-for-bit on the CPU.
+From a `TrainJob` and the task's datasets and loss it builds seeded loaders (a distributed sampler when
+several ranks train the job), the optimizer and schedule of the `train:` section, a `MaskKeeper` that keeps
+pruned weights and their optimizer state at zero, the late-rewinding snapshot, DDP, mixed precision,
+gradient clipping, TensorBoard scalars and progress bars, and runs `colt_core.fit.fit`: model selection by
+validation loss and the resumable per-epoch checkpoint, removed once the training is done.
+
+One optimizer step: forward (the task's loss) -> backward -> (unscale under AMP) -> mask the gradients ->
+clip -> optimizer step -> re-mask the weights -> late-rewind snapshot -> lr scheduler step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from colt_core.config import ConfigError, flatten
-from colt_core.distributed import DistContext, broadcast_buffers, check_same_across_ranks, run_on_group_main
-from colt_core.io import CheckpointError, atomic_save, load_checkpoint
+from colt_core.config import ConfigError
+from colt_core.distributed import (
+    DistContext,
+    all_reduce_sums,
+    distributed_sampler,
+    set_sampler_epoch,
+    shard_for_evaluation,
+    wrap_ddp,
+)
+from colt_core.errors import TrainingDivergedError, UserError
+from colt_core.fit import fit
+from colt_core.io import atomic_write_json
 from colt_core.masks import MaskKeeper
-from colt_core.runtime import derive_seed, seed_everything
+from colt_core.optim import build_lr_scheduler, build_optimizer
+from colt_core.rundir import TrainingRecord
+from colt_core.runtime import derive_seed, pick_device, progress_bar, use_amp
+from colt_core.settings import TrainConfig
+from colt_core.task import Batch, Task, TrainJob, TrainOutput
 from colt_core.weights import snapshot
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "colt_core.fit/1"
+LOG_EVERY = 20  # optimizer steps between TensorBoard points of the training losses and lr
 
 
-@dataclass
-class FitResult:
-    """The selected weights (on the CPU) and how training went."""
-
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_val_loss: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    rewind_state: dict[str, torch.Tensor] | None = None
+class PartitionTooSmallError(UserError, ValueError):
+    """A partition has no training or no validation sample."""
 
 
 class LateRewind:
@@ -63,154 +75,256 @@ class LateRewind:
         return step
 
 
-def _plain(value: Any) -> Any:
-    """`value` as plain Python data, so settings compare equal after a save/load round trip."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)
+# ----- batches and losses ----------------------------------------------------------------------------
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Every tensor of a batch (nested lists, tuples and dicts) on `device`; other values as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
-def fit_settings(*, epochs: int, seed: int, optimizer: torch.optim.Optimizer, scheduler: Any = None,
-                 scheduler_interval: str = "step", scaler: torch.amp.GradScaler | None = None,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a checkpoint must have been trained with to be resumed: epochs, seed, optimizer, schedule, AMP.
+def batch_size(batch: Batch) -> int:
+    """Samples in a batch: the length of its inputs, the first element of `(inputs, targets)`."""
+    return len(batch[0])
 
-    Read from the optimizer before its state is loaded (loading overwrites the hyper-parameters); a
-    scheduler's `initial_lr` stands for the base rate, since `lr` already holds the scheduled value.
+
+def total_loss(terms: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to backpropagate and every logged value: `terms["loss"]` when the task gives a total, else
+    the sum of every term (as torchvision's detectors return them)."""
+    if not terms:
+        raise ValueError("the task's loss returned no terms")
+    loss = terms["loss"] if "loss" in terms else sum(terms.values())
+    logged = {"loss": float(loss.item())}
+    logged.update({k: float(v.item()) for k, v in terms.items() if k != "loss"})
+    return loss, logged
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, collate: Callable | None, num_workers: int,
+                device: torch.device, generator: torch.Generator | None = None, sampler: Any = None,
+                drop_single: bool = False) -> DataLoader:
+    """A DataLoader as every training and evaluation uses it: shuffled by `generator` (or `sampler`) when
+    given; `drop_single` drops a last batch of one sample, which BatchNorm cannot normalise."""
+    per_rank = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                      sampler=sampler, collate_fn=collate, drop_last=drop_single and per_rank % batch_size == 1,
+                      num_workers=num_workers, pin_memory=device.type == "cuda")
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+# ----- one epoch, one validation -----------------------------------------------------------------------
+def train_one_epoch(net: nn.Module, task: Task, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
+                    device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler, keeper: MaskKeeper,
+                    amp: bool = False, scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
+                    after_step: Callable[[dict[str, float]], None] | None = None, progress: bool = False,
+                    desc: str = "train") -> dict[str, float]:
+    """One pass over `loader` under a mask; the mean of the loss and of every logged term, per sample.
+
+    `after_step(values)` runs after each optimizer step, before the scheduler steps.
     """
-    groups = [{k: v for k, v in group.items() if k != "params" and not (k == "lr" and "initial_lr" in group)}
-              for group in optimizer.param_groups]
-    settings = {
-        "epochs": epochs,
-        "seed": seed,
-        "optimizer": {"class": type(optimizer).__qualname__, "param_groups": groups},
-        "scheduler": None if scheduler is None else {"class": type(scheduler).__qualname__,
-                                                     "interval": scheduler_interval},
-        "amp": scaler is not None and scaler.is_enabled(),
-        "extra": dict(extra or {}),
-    }
-    return _plain(settings)
-
-
-def _setting_differences(saved: Any, current: Any) -> list[str]:
-    old, new = flatten(saved), flatten(current)
-    keys = sorted(old.keys() | new.keys())
-    return [f"{key}: {old.get(key, '<absent>')!r} there, {new.get(key, '<absent>')!r} now"
-            for key in keys if old.get(key, "<absent>") != new.get(key, "<absent>")]
-
-
-def _load_resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint at `path`, refused unless `fit` wrote it with the same settings."""
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a training checkpoint of colt_core.training.fit "
-                              f"(format {CHECKPOINT_FORMAT}); delete it or choose another checkpoint path")
-    differences = _setting_differences(ckpt["settings"], settings)
-    if differences:
-        raise CheckpointError(f"{path} was written with other training settings ({'; '.join(differences)}); "
-                              "delete it to start training over, or resume with the original settings")
-    return ckpt
-
-
-def fit(
-    model: nn.Module,
-    *,
-    epochs: int,
-    train_epoch: Callable[[int], dict[str, float]],
-    val_loss: Callable[[], float] | None,
-    optimizer: torch.optim.Optimizer,
-    seed: int,
-    scheduler: Any = None,
-    scheduler_interval: str = "step",
-    scaler: torch.amp.GradScaler | None = None,
-    keeper: MaskKeeper | None = None,
-    checkpoint_path: str | Path | None = None,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-    rewind_state: Callable[[], dict[str, torch.Tensor] | None] | None = None,
-    settings: Mapping[str, Any] | None = None,
-    generators: Sequence[torch.Generator] = (),
-    dist: DistContext | None = None,
-) -> FitResult:
-    """Train `epochs` epochs; keep the weights with the lowest validation loss, and end holding them.
-
-    Every epoch starts from seeds derived from (seed, epoch), for the global generators and for
-    `generators` (e.g. a DataLoader's own shuffling generator), and after every epoch the whole state is
-    checkpointed atomically, so a killed run resumed from `checkpoint_path` ends with the same weights as an
-    uninterrupted one. A checkpoint written with other settings (epochs, seed, optimizer class and
-    hyper-parameters, scheduler and its interval, AMP, and the caller's `settings`, e.g. iterations per
-    epoch) is refused rather than silently mixed. `scheduler_interval="epoch"` steps the scheduler here;
-    "step" leaves it to `train_epoch`. With `val_loss=None` the last epoch counts as best (its loss is NaN).
-    `rewind_state` returns late-rewinding weights once taken. On return `model` holds the best weights.
-    With `dist` (the ranks training `model` data-parallel) only the group's first rank reads and writes the
-    checkpoint; it hands what it read to the others, so every rank resumes at the same epoch.
-    """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if scheduler_interval not in ("step", "epoch"):
-        raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-    run_settings = fit_settings(epochs=epochs, seed=seed, optimizer=optimizer, scheduler=scheduler,
-                                scheduler_interval=scheduler_interval, scaler=scaler, extra=settings)
-    start, best_state, best_loss, best_epoch, history = 0, None, math.inf, -1, []
-    late_rewind = None
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
-    writes = dist is None or dist.is_group_main
-
-    def read_checkpoint() -> dict[str, Any] | None:
-        return _load_resumable(path, run_settings) if path is not None and path.is_file() else None
-
-    ckpt = run_on_group_main(dist, read_checkpoint)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt["scaler"] is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        start, best_state, best_loss = ckpt["epoch"] + 1, ckpt["best_state"], ckpt["best_val_loss"]
-        best_epoch, history, late_rewind = ckpt["best_epoch"], ckpt["history"], ckpt["rewind_state"]
-        if keeper is not None:
-            keeper.zero_optimizer_state()
-        log.info("resuming training from %s at epoch %d of %d", path, start, epochs)
-    for epoch in range(start, epochs):
-        seed_everything(derive_seed(seed, "epoch", epoch))
-        for i, generator in enumerate(generators):
-            generator.manual_seed(derive_seed(seed, "epoch", epoch, "generator", i))
-        model.train()
-        stats = dict(train_epoch(epoch))
-        broadcast_buffers(model, dist)
-        if scheduler is not None and scheduler_interval == "epoch":
-            scheduler.step()
-        if val_loss is None:
-            best_loss, best_epoch, best_state = math.nan, epoch, snapshot(model)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums: dict[str, float] = {}
+    seen = steps = 0
+    for batch in progress_bar(loader, progress, desc):
+        batch = to_device(batch, device)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            loss, values = total_loss(task.loss(net, batch))
+        if not math.isfinite(values["loss"]):
+            terms = {k: round(v, 4) for k, v in values.items()}
+            raise TrainingDivergedError(f"{desc}: training loss is {values['loss']} at iteration {steps} ({terms}); "
+                                        "lower train.optimizer.lr or set train.grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
         else:
-            loss = float(val_loss())
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"validation loss is {loss} after epoch {epoch}: training diverged; "
-                                         "lower the learning rate")
-            stats["val_loss"] = loss
-            if loss < best_loss:
-                best_loss, best_epoch, best_state = loss, epoch, snapshot(model)
-        stats["epoch"] = epoch
-        history.append(stats)
-        if late_rewind is None and rewind_state is not None:
-            late_rewind = rewind_state()
-        if path is not None and writes:
-            atomic_save({"format": CHECKPOINT_FORMAT, "settings": run_settings, "epoch": epoch,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                         "scaler": scaler.state_dict() if scaler is not None else None,
-                         "best_state": best_state, "best_val_loss": best_loss, "best_epoch": best_epoch,
-                         "history": history, "rewind_state": late_rewind}, path)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, stats)
-    assert best_state is not None  # epochs >= 1: an epoch ran here or in the run that was resumed
-    # Data-parallel ranks hold the same weights unless a trainer let them drift (e.g. unreduced val losses).
-    check_same_across_ranks(dist, best_state, "the selected weights")
-    model.load_state_dict(best_state)
-    return FitResult(best_state, best_epoch, best_loss, history, late_rewind)
+            loss.backward()
+        keeper.before_step()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        keeper.after_step()
+        if after_step is not None:
+            after_step(values)
+        scheduler.step()
+        n = batch_size(batch)
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value * n
+        seen += n
+        steps += 1
+    if seen == 0:
+        raise PartitionTooSmallError(f"{desc}: the training data loader yielded no batches; use more data or a "
+                                     "smaller train.batch_size")
+    return {key: value / seen for key, value in sums.items()}
+
+
+@torch.no_grad()
+def validate(model: nn.Module, task: Task, loader: DataLoader, *, device: torch.device, amp: bool = False,
+             seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
+    """Mean loss ("loss") and logged terms per sample over a validation set, the same on every rank.
+
+    The model is in eval mode under no_grad; anything random in the loss (a detector's RPN and RoI
+    samplers) draws from a generator seeded with `seed`, and the global one is left untouched, so the same
+    weights always get the same validation loss. With several ranks each holds a shard of the set.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    seen = 0
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(device)):
+            torch.manual_seed(seed)
+            for batch in loader:
+                batch = to_device(batch, device)
+                with torch.autocast(device_type=device.type, enabled=amp):
+                    _, values = total_loss(task.loss(model, batch))
+                n = batch_size(batch)
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value * n
+                seen += n
+    finally:
+        model.train(was_training)
+    if dist is not None and dist.data_parallel:
+        keys = sorted(sums)
+        *totals, seen = all_reduce_sums([sums[k] for k in keys] + [seen], dist)
+        sums = dict(zip(keys, totals, strict=True))
+    if seen == 0:
+        raise PartitionTooSmallError("the validation set is empty; use more data or a larger data.val_fraction")
+    return {key: value / seen for key, value in sums.items()}
+
+
+def describe_data(dataset: Dataset) -> dict[str, Any]:
+    """What a training or validation set holds: the dataset's own `summary()`, else its size."""
+    summary = getattr(dataset, "summary", None)
+    return dict(summary()) if callable(summary) else {"images": len(dataset)}  # type: ignore[arg-type]
+
+
+# ----- the recipe --------------------------------------------------------------------------------------
+class Trainer:
+    """Trains a task's models as the `train:` section says; the one place the recipe is written.
+
+    `tensorboard(tag)` gives the TensorBoard folder of a training (None: no TensorBoard).
+    """
+
+    def __init__(self, task: Task, cfg: TrainConfig, *, eval_batch_size: int, num_workers: int = 0,
+                 tensorboard: Callable[[str], Path] | None = None) -> None:
+        self.task, self.cfg = task, cfg
+        self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
+        self.tensorboard = tensorboard
+        self.device = pick_device(cfg.device)
+        self.amp = use_amp(self.device, cfg.amp)
+        if cfg.cpu_threads is not None:
+            torch.set_num_threads(cfg.cpu_threads)
+
+    def loader(self, dataset: Dataset, *, batch_size: int | None = None) -> DataLoader:
+        """An evaluation loader (in order, nothing dropped) for a task's test set."""
+        return make_loader(dataset, batch_size=batch_size or self.eval_batch_size, collate=self.task.collate,
+                           num_workers=self.num_workers, device=self.device)
+
+    def _datasets(self, job: TrainJob) -> tuple[Dataset, Dataset]:
+        train, val = self.task.datasets(job.class_ids, job)
+        if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
+            which = "every class" if job.class_ids is None else f"classes {job.class_ids}"
+            names = [self.task.class_names[c] for c in job.class_ids or []][:10]
+            raise PartitionTooSmallError(
+                f"{job.tag} ({which}{': ' + ', '.join(names) if names else ''}) has {len(train)} training and "  # type: ignore[arg-type]
+                f"{len(val)} validation samples; use more data, a larger data.val_fraction or fewer partitions "  # type: ignore[arg-type]
+                "(prune.partitions)")
+        return train, val
+
+    def train(self, job: TrainJob) -> TrainOutput:
+        """Train `job.model` on the job's classes under `job.mask`; end holding the lowest-validation-loss weights.
+
+        When `job.dist` holds several ranks they all call this and train data-parallel; the group's first
+        rank alone writes the training's files.
+        """
+        cfg, task, ctx, device = self.cfg, self.task, job.dist, self.device
+        writes = ctx is None or ctx.is_group_main
+        train_ds, val_ds = self._datasets(job)
+        data = {"train": describe_data(train_ds), "val": describe_data(val_ds)}
+        if writes:
+            atomic_write_json(data, job.files.data)
+        log.info("%s: %d training and %d validation samples", job.tag, len(train_ds), len(val_ds))  # type: ignore[arg-type]
+        sampler = distributed_sampler(train_ds, ctx, shuffle=True, seed=derive_seed(job.seed, "sampler"))
+        shuffling = torch.Generator() if sampler is None else None
+        train_loader = make_loader(train_ds, batch_size=cfg.batch_size, collate=task.collate,
+                                   num_workers=self.num_workers, device=device, generator=shuffling,
+                                   sampler=sampler, drop_single=True)
+        val_loader = self.loader(shard_for_evaluation(val_ds, ctx))
+        iterations = len(train_loader)
+        model = job.model.to(device)
+        optimizer = build_optimizer(model, cfg.optimizer)
+        try:
+            scheduler = build_lr_scheduler(optimizer, cfg.schedule, epochs=cfg.epochs, iters_per_epoch=iterations)
+        except ValueError as exc:
+            raise ConfigError(f"train.schedule: {exc}") from None
+        late = LateRewind(model, scheduler, job.rewind_iteration, total_steps=cfg.epochs * iterations, tag=job.tag)
+        keeper = MaskKeeper(model, job.mask, optimizer)  # masks name the parameters of the unwrapped model
+        net = wrap_ddp(model, ctx)
+        scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        writer = self._writer(job.tag) if writes else None
+
+        def after_step(values: dict[str, float]) -> None:
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used: the scheduler has not stepped yet
+            step = late.after_step()
+            if writer is not None and step % LOG_EVERY == 0:
+                for key, value in values.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                writer.add_scalar("train/lr", lr, step)
+
+        def train_epoch(epoch: int) -> dict[str, float]:
+            set_sampler_epoch(train_loader, epoch)
+            return train_one_epoch(net, task, train_loader, optimizer, device=device, scheduler=scheduler,
+                                   keeper=keeper, amp=self.amp, scaler=scaler, grad_clip=cfg.grad_clip,
+                                   after_step=after_step, progress=cfg.progress,
+                                   desc=f"{job.tag} epoch {epoch + 1}/{cfg.epochs}")
+
+        def val_loss() -> dict[str, float]:
+            return validate(model, task, val_loader, device=device, amp=self.amp,
+                            seed=derive_seed(job.seed, "val"), dist=ctx)
+
+        def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
+            log.info("%s epoch %d/%d: %s", job.tag, epoch + 1, cfg.epochs,
+                     ", ".join(f"{k} {v:.4f}" for k, v in stats.items() if k != "epoch"))
+            if writer is not None:
+                for key, value in stats.items():
+                    if key != "epoch":
+                        writer.add_scalar(f"epoch/{key}", value, epoch)
+                writer.add_scalar("epoch/lr", optimizer.param_groups[0]["lr"], epoch)
+                writer.flush()
+
+        try:
+            result = fit(model, epochs=cfg.epochs, train_epoch=train_epoch, val_loss=val_loss, optimizer=optimizer,
+                         seed=job.seed, scheduler=scheduler, scheduler_interval="step", scaler=scaler, keeper=keeper,
+                         checkpoint_path=job.files.checkpoint, on_epoch_end=on_epoch_end,
+                         rewind_state=lambda: late.state,
+                         settings={"iterations_per_epoch": iterations, "batch_size": cfg.batch_size,
+                                   "rewind_iteration": job.rewind_iteration, "data": data},
+                         generators=[shuffling] if shuffling is not None else [], dist=ctx)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writes:
+            job.files.checkpoint.unlink(missing_ok=True)
+        record = TrainingRecord(best_epoch=result.best_epoch, best_val_loss=result.best_val_loss,
+                                val_metrics=result.best_val_metrics, history=result.history, data=data)
+        return TrainOutput(result.best_state, record, result.rewind_state)
+
+    def _writer(self, tag: str) -> Any:
+        if self.tensorboard is None:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.tensorboard(tag)))

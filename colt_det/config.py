@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from colt_core.config import at_least, closed_interval, field, open_interval, positive
-from colt_core.optim import OptimizerConfig, ScheduleConfig
-from colt_core.settings import PruneConfig, SplitConfig, check_partitions
+from colt_core.settings import DataConfig as BaseDataConfig
+from colt_core.settings import EvalConfig, RunConfig, check_partitions
 from colt_det.voc import VOC_CLASSES
 
 DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
@@ -27,18 +27,16 @@ class SyntheticConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where Pascal VOC lives and which image sets are used."""
+class DataConfig(BaseDataConfig):
+    """Where Pascal VOC lives and which image sets are used (a seeded share of the training images is held
+    out for model selection)."""
 
     root: str = field("data/voc", help="folder holding VOCdevkit/ (or the VOCdevkit folder itself)")
     train_sets: str = field("2007+2012:trainval", help="training image sets, e.g. 2007:trainval or 2007+2012:trainval")
     test_sets: str = field("2007:test", help="test image sets for the reported mAP")
-    val_fraction: float = field(0.1, help="share of the training images held out for model selection",
-                                check=open_interval(0.0, 1.0))
     keep_difficult: bool = field(False, help="train on difficult objects too (they are always ignored in evaluation)")
     on_bad_annotation: Literal["error", "skip"] = field(
         "error", help="error: stop at a bad annotation; skip: leave it out with a warning and count it")
-    num_workers: int = field(2, help="DataLoader worker processes", check=at_least(0))
     synthetic: SyntheticConfig | None = field(None, help="generate this synthetic VOC under root when missing")
 
 
@@ -100,41 +98,22 @@ class AugmentConfig:
 
 
 @dataclass
-class TrainConfig:
-    """One training: the paper's recipe by default (Adam 1e-4, cosine to 1.02e-6, batch 4, 50 epochs)."""
-
-    epochs: int = field(50, help="epochs per training", check=at_least(1))
-    batch_size: int = field(4, help="images per batch", check=at_least(1))
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, help="optimizer")
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, help="learning-rate schedule")
-    grad_clip: float | None = field(None, help="clip the gradient norm to this (null: no clipping)", check=positive)
-    device: str = field("auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    amp: Literal["auto", True, False] = field("auto", help="mixed precision: auto = on for CUDA")
-    progress: bool = field(True, help="progress bars on a terminal")
-
-
-@dataclass
-class EvalConfig:
-    """Ticket evaluation on the test set."""
+class DetEvalConfig(EvalConfig):
+    """Validation and test-set evaluation of detectors."""
 
     metric: Literal["voc07", "voc12", "coco"] = field("voc07", help="the headline metric of the report")
     coco: bool = field(True, help="also compute COCO-style mAP@[.5:.95] with pycocotools")
-    batch_size: int = field(4, help="images per inference batch", check=at_least(1))
 
 
 @dataclass
-class DetRunConfig:
+class DetRunConfig(RunConfig):
     """A COLT (or LTH) run of Faster R-CNN VGG16 on Pascal VOC."""
 
-    seed: int = field(0, help="seed of θ0, the class split and every training")
     output_dir: str = field("runs/voc_vgg16", help="run directory (--out overrides)")
+    eval: DetEvalConfig = field(default_factory=DetEvalConfig, help="evaluation")
     data: DataConfig = field(default_factory=DataConfig, help="dataset")
     model: ModelConfig = field(default_factory=ModelConfig, help="detector")
     augment: AugmentConfig = field(default_factory=AugmentConfig, help="augmentation")
-    train: TrainConfig = field(default_factory=TrainConfig, help="training")
-    eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation")
-    prune: PruneConfig = field(default_factory=PruneConfig, help="pruning")
-    split: SplitConfig = field(default_factory=SplitConfig, help="class partitions")
 
     def validate(self) -> list[tuple[str, str]]:
         return check_partitions(self.prune, self.split, len(VOC_CLASSES))

@@ -1,8 +1,7 @@
 """Detector exports: the pruned VGG16 backbone keyed like torchvision's ``vgg16().features``, and ONNX.
 
-A detection ticket's architecture is what ``DetectionTrainer.architecture()`` stores:
-``{"name": "fasterrcnn_vgg16", "task": "detection", <the config's model: section>, "num_classes": 21}``;
-``describe_architecture`` dicts (``"vgg16_faster_rcnn"``) are accepted too.
+A detection ticket's architecture is what ``DetectionTask.architecture()`` stores (``ModelConfig.architecture``):
+``{"name": "fasterrcnn_vgg16", "task": "detection", <the config's model: section>, "num_classes": 21}``.
 """
 
 from __future__ import annotations
@@ -18,13 +17,7 @@ from torchvision.models.detection import FasterRCNN
 from colt_core.config import from_dict
 from colt_core.export import ExportTarget, export_onnx, verify_onnx
 from colt_det.config import DETECTION_ARCHITECTURE, DetRunConfig, ModelConfig
-from colt_det.model import (
-    ARCHITECTURE_NAME,
-    BACKBONE_PREFIX,
-    DETECTOR_OUTPUT_LAYERS,
-    build_from_description,
-    build_vgg16_faster_rcnn,
-)
+from colt_det.model import BACKBONE_PREFIX, DETECTOR_OUTPUT_LAYERS, build_vgg16_faster_rcnn
 
 BACKBONE_STEM = "vgg16_backbone"
 ONNX_OUTPUTS = ("boxes", "labels", "scores")  # the order of torchvision's output dict
@@ -45,8 +38,6 @@ def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
     have started from is not needed here (nor the machine it lived on).
     """
     name = architecture.get("name")
-    if name == ARCHITECTURE_NAME:
-        return build_from_description(dict(architecture))
     if name != DETECTION_ARCHITECTURE:
         raise ValueError(f"not a detection architecture: name {name!r} (expected {DETECTION_ARCHITECTURE!r})")
     model_keys = {f.name for f in fields(ModelConfig)}
@@ -58,13 +49,12 @@ def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
     m = from_dict(ModelConfig, {k: v for k, v in architecture.items() if k in model_keys}, prefix="model")
-    # The same arguments as DetectionTrainer.build_model, so the parameter names and shapes match.
+    # The same arguments as DetectionTask.build_model, so the parameter names and shapes match.
     return build_vgg16_faster_rcnn(num_classes, **m.build_kwargs(pretrained=False))
 
 
 def is_detection_architecture(architecture: Mapping[str, Any]) -> bool:
-    return architecture.get("task") == "detection" or architecture.get("name") in (DETECTION_ARCHITECTURE,
-                                                                                    ARCHITECTURE_NAME)
+    return architecture.get("task") == "detection" or architecture.get("name") == DETECTION_ARCHITECTURE
 
 
 def backbone_key(name: str) -> str | None:

@@ -4,8 +4,8 @@ Parameter layout (what masks, ticket files and the backbone exporter rely on):
 
 - ``backbone.body.N.weight`` / ``.bias``: an ``nn.Sequential`` laid out exactly like
   ``torchvision.models.vgg16().features[:30]`` (13 convs at indices 0, 2, 5, 7, 10, 12, 14, 17, 19, 21,
-  24, 26, 28; no fifth max-pool). At ``width=1.0`` ``backbone_state_dict(model)`` loads into
-  ``torchvision.models.vgg16().features`` with ``strict=True``. With ``norm="batch"`` the layout is
+  24, 26, 28; no fifth max-pool). At ``width=1.0`` the ``backbone.body.`` entries, without that prefix,
+  load into ``torchvision.models.vgg16().features`` with ``strict=True``. With ``norm="batch"`` the layout is
   ``vgg16_bn().features[:43]`` (conv, BatchNorm, ReLU); ``norm="group"`` puts GroupNorm at the same places.
 - ``rpn.head.conv.0.0.weight``, ``rpn.head.cls_logits.weight``, ``rpn.head.bbox_pred.weight``: the RPN.
 - ``roi_heads.box_head.fc6.weight``, ``roi_heads.box_head.fc7.weight``: VGG's fc6/fc7.
@@ -14,9 +14,8 @@ Parameter layout (what masks, ticket files and the backbone exporter rely on):
 
 from __future__ import annotations
 
+import inspect
 import math
-import re
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, RoIPool
 
-ARCHITECTURE_NAME = "vgg16_faster_rcnn"
 BACKBONE_PREFIX = "backbone.body."
 DETECTOR_OUTPUT_LAYERS = ("roi_heads.box_predictor",)
 
@@ -59,21 +57,6 @@ def prune_group_specs() -> dict[str, dict[str, list[str]]]:
         "conv": {"types": ["Conv2d"], "include": list(CONV_PRUNE_PATTERNS)},
         "fc": {"types": ["Linear"], "include": list(FC_PRUNE_PATTERNS)},
     }
-
-
-def prune_group_parameter_names(model: nn.Module) -> dict[str, list[str]]:
-    """Resolve ``prune_group_specs()`` against a model: group name -> parameter names in model order."""
-    modules = dict(model.named_modules())
-    groups: dict[str, list[str]] = {}
-    for group, spec in prune_group_specs().items():
-        compiled = [re.compile(p) for p in spec["include"]]
-        groups[group] = [
-            name
-            for name, _ in model.named_parameters()
-            if type(modules[name.rpartition(".")[0]]).__name__ in spec["types"]
-            and any(c.fullmatch(name) for c in compiled)
-        ]
-    return groups
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -203,36 +186,30 @@ def _init_vgg_torchvision(backbone: VGG16Backbone, box_head: VGGBoxHead) -> None
         nn.init.zeros_(fc.bias)
 
 
+def _faster_rcnn_keywords() -> set[str]:
+    """Keyword arguments torchvision's FasterRCNN (and the transform it builds) really take."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    names = set(inspect.signature(FasterRCNN.__init__).parameters) | set(
+        inspect.signature(GeneralizedRCNNTransform.__init__).parameters)
+    return names - {"self", "backbone", "num_classes", "kwargs"}
+
+
 def build_vgg16_faster_rcnn(
     num_classes: int,
     *,
     width: float = 1.0,
     head_dim: int = 4096,
     head_dropout: float = 0.5,
+    norm: str = "none",
     roi_pool: str = "align",
-    min_size: int | tuple[int, ...] = 600,
-    max_size: int = 1000,
     anchor_sizes: tuple[tuple[int, ...], ...] = ((128, 256, 512),),
     aspect_ratios: tuple[tuple[float, ...], ...] = ((0.5, 1.0, 2.0),),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_nms_thresh: float = 0.7,
-    rpn_fg_iou_thresh: float = 0.7,
-    rpn_bg_iou_thresh: float = 0.3,
-    rpn_batch_size_per_image: int = 256,
-    rpn_positive_fraction: float = 0.5,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
-    box_fg_iou_thresh: float = 0.5,
-    box_bg_iou_thresh: float = 0.5,
-    box_batch_size_per_image: int = 512,
-    box_positive_fraction: float = 0.25,
-    norm: str = "none",
+    min_size: int | tuple[int, ...] = 600,
+    max_size: int = 1000,
     init: str = "xavier",
     pretrained_backbone: str | Path | None = None,
+    **faster_rcnn_kwargs: Any,
 ) -> FasterRCNN:
     """Build Faster R-CNN VGG16; ``num_classes`` counts the background (|classes| + 1).
 
@@ -241,7 +218,9 @@ def build_vgg16_faster_rcnn(
     ``init="xavier"`` (the paper's) gives every conv and linear weight Xavier-uniform and zero bias, the box
     predictor normal(0.01)/(0.001); norm layers start at weight 1, bias 0; ``init="torchvision"`` uses
     torchvision's VGG and RPN init. ``pretrained_backbone`` is a local file in torchvision's vgg16 (vgg16_bn)
-    state_dict format (see ``load_vgg16_weights``); nothing is ever downloaded.
+    state_dict format (see ``load_vgg16_weights``); nothing is ever downloaded. The input is resized to
+    py-faster-rcnn's 600/1000 by default; every other keyword (``rpn_batch_size_per_image``,
+    ``box_score_thresh``, ...) goes to torchvision's ``FasterRCNN`` with its defaults.
     Deterministic under ``torch.manual_seed``.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
@@ -256,6 +235,10 @@ def build_vgg16_faster_rcnn(
         raise ValueError(f"roi_pool must be one of {ROI_POOL_KINDS}, got {roi_pool!r}")
     if init not in INIT_KINDS:
         raise ValueError(f"init must be one of {INIT_KINDS}, got {init!r}")
+    unknown = sorted(set(faster_rcnn_kwargs) - _faster_rcnn_keywords())
+    if unknown:  # torchvision passes leftover keywords to its transform, which ignores them silently
+        raise TypeError(f"build_vgg16_faster_rcnn got unexpected keyword(s) {unknown}; it takes the keywords of "
+                        "torchvision's FasterRCNN and GeneralizedRCNNTransform")
     anchor_sizes = tuple(tuple(int(s) for s in level) for level in anchor_sizes)
     aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
     if len(anchor_sizes) != 1 or len(aspect_ratios) != 1:
@@ -274,22 +257,7 @@ def build_vgg16_faster_rcnn(
         box_predictor=FastRCNNPredictor(head_dim, num_classes),
         min_size=min_size,
         max_size=max_size,
-        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        rpn_nms_thresh=rpn_nms_thresh,
-        rpn_fg_iou_thresh=rpn_fg_iou_thresh,
-        rpn_bg_iou_thresh=rpn_bg_iou_thresh,
-        rpn_batch_size_per_image=rpn_batch_size_per_image,
-        rpn_positive_fraction=rpn_positive_fraction,
-        box_score_thresh=box_score_thresh,
-        box_nms_thresh=box_nms_thresh,
-        box_detections_per_img=box_detections_per_img,
-        box_fg_iou_thresh=box_fg_iou_thresh,
-        box_bg_iou_thresh=box_bg_iou_thresh,
-        box_batch_size_per_image=box_batch_size_per_image,
-        box_positive_fraction=box_positive_fraction,
+        **faster_rcnn_kwargs,
     )
     if roi_pool == "pool":
         # FasterRCNN's constructor only accepts MultiScaleRoIAlign; RoIHeads calls any module the same way.
@@ -298,60 +266,19 @@ def build_vgg16_faster_rcnn(
     if init == "torchvision":
         _init_vgg_torchvision(backbone, box_head)
     init_detector_weights(model, init)
-    model.arch_config = {
-        "num_classes": num_classes,
-        "width": float(width),
-        "head_dim": head_dim,
-        "head_dropout": float(head_dropout),
-        "norm": norm,
-        "roi_pool": roi_pool,
-        "min_size": list(min_size) if isinstance(min_size, (tuple, list)) else int(min_size),
-        "max_size": int(max_size),
-        "anchor_sizes": [list(level) for level in anchor_sizes],
-        "aspect_ratios": [list(level) for level in aspect_ratios],
-        "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
-        "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
-        "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
-        "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
-        "rpn_nms_thresh": rpn_nms_thresh,
-        "rpn_fg_iou_thresh": rpn_fg_iou_thresh,
-        "rpn_bg_iou_thresh": rpn_bg_iou_thresh,
-        "rpn_batch_size_per_image": rpn_batch_size_per_image,
-        "rpn_positive_fraction": rpn_positive_fraction,
-        "box_score_thresh": box_score_thresh,
-        "box_nms_thresh": box_nms_thresh,
-        "box_detections_per_img": box_detections_per_img,
-        "box_fg_iou_thresh": box_fg_iou_thresh,
-        "box_bg_iou_thresh": box_bg_iou_thresh,
-        "box_batch_size_per_image": box_batch_size_per_image,
-        "box_positive_fraction": box_positive_fraction,
-    }
     if pretrained_backbone is not None:
         load_vgg16_weights(model, pretrained_backbone)
     return model
 
 
-def replace_box_predictor(model: FasterRCNN, num_classes: int) -> FastRCNNPredictor:
-    """Install a freshly initialised box predictor with ``num_classes`` outputs (background included)."""
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
-    old = model.roi_heads.box_predictor
-    predictor = FastRCNNPredictor(old.cls_score.in_features, num_classes)
-    _init_predictor(predictor)
-    predictor.to(device=old.cls_score.weight.device, dtype=old.cls_score.weight.dtype)
-    model.roi_heads.box_predictor = predictor
-    if hasattr(model, "arch_config"):
-        model.arch_config["num_classes"] = num_classes
-    return predictor
-
-
-def backbone_state_dict(model: FasterRCNN) -> OrderedDict[str, torch.Tensor]:
-    """The backbone's state keyed like ``torchvision.models.vgg16().features`` (``vgg16_bn`` for norm="batch")."""
-    return OrderedDict(
-        (name[len(BACKBONE_PREFIX) :], tensor)
-        for name, tensor in model.state_dict().items()
-        if name.startswith(BACKBONE_PREFIX)
-    )
+def backbone_norm(model: FasterRCNN) -> str:
+    """The norm layer of a detector's VGG16 backbone: "batch", "group" or "none"."""
+    for module in model.backbone.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            return "batch"
+        if isinstance(module, nn.GroupNorm):
+            return "group"
+    return "none"
 
 
 def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
@@ -363,7 +290,7 @@ def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
     ``width=1`` and ``head_dim=4096``; other ``classifier.*`` keys are ignored. Returns the loaded names.
     """
     path = Path(path)
-    norm = getattr(model, "arch_config", {}).get("norm", "none")
+    norm = backbone_norm(model)
     weights = {
         "none": "torchvision's vgg16 weights (e.g. vgg16-397923af.pth, copied from a machine with network access)",
         "batch": "torchvision's vgg16_bn weights (e.g. vgg16_bn-6c64b313.pth, copied from a machine with network "
@@ -425,47 +352,3 @@ def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
         for name, tensor in targets.items():
             state[name].copy_(tensor)
     return list(targets)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (all of them, trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def describe_architecture(model: FasterRCNN) -> dict[str, Any]:
-    """JSON-able description of a model built by ``build_vgg16_faster_rcnn`` (for ticket files)."""
-    if not hasattr(model, "arch_config"):
-        raise ValueError("model was not built by build_vgg16_faster_rcnn (it has no arch_config)")
-    return {
-        "name": ARCHITECTURE_NAME,
-        **model.arch_config,
-        "num_parameters": count_parameters(model),
-        "parameter_shapes": {name: list(p.shape) for name, p in model.named_parameters()},
-    }
-
-
-def build_from_description(desc: dict[str, Any], num_classes: int | None = None) -> FasterRCNN:
-    """Rebuild the architecture of ``describe_architecture`` output, with ``num_classes`` if given."""
-    if desc.get("name") != ARCHITECTURE_NAME:
-        raise ValueError(f"architecture name must be {ARCHITECTURE_NAME!r}, got {desc.get('name')!r}")
-    kwargs = {k: v for k, v in desc.items() if k not in ("name", "num_parameters", "parameter_shapes")}
-    allowed = set(build_vgg16_faster_rcnn.__kwdefaults__) - {"init", "pretrained_backbone"} | {"num_classes"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"unknown architecture key(s) {unknown}; allowed: {sorted(allowed)}")
-    classes = kwargs.pop("num_classes") if num_classes is None else num_classes
-    kwargs.pop("num_classes", None)
-    if isinstance(kwargs.get("min_size"), list):
-        kwargs["min_size"] = tuple(kwargs["min_size"])
-    model = build_vgg16_faster_rcnn(classes, **kwargs)
-    if "parameter_shapes" in desc:
-        # The output layer may differ (num_classes); everything else must match.
-        def body(shapes: dict[str, Any]) -> dict[str, list[int]]:
-            return {n: list(s) for n, s in shapes.items() if not n.startswith(DETECTOR_OUTPUT_LAYERS)}
-
-        if body({name: p.shape for name, p in model.named_parameters()}) != body(desc["parameter_shapes"]):
-            raise ValueError(
-                "the rebuilt model's parameter shapes differ from the description's parameter_shapes; "
-                "the description was edited or comes from another version of colt_det"
-            )
-    return model

@@ -29,6 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from colt_core.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -46,7 +48,7 @@ HOW_TO_GET_VOC = (
 )
 
 
-class VOCDataError(ValueError):
+class VOCDataError(UserError, ValueError):
     """Bad or missing VOC data; the message names the file, the problem and the fix.
 
     `problem` is a short machine-readable kind (e.g. "missing_xml", "unknown_class") used to count

@@ -72,7 +72,7 @@ def _ground_truth(records: Sequence[VOCRecord], class_name: str) -> tuple[dict[s
     npos = 0
     for record in records:
         if record.image_id in gt:
-            raise ValueError(
+            raise VOCDataError(
                 f"image id {record.image_id!r} appears twice in the evaluation records; evaluate one "
                 "image set whose ids are unique"
             )
@@ -147,7 +147,7 @@ def check_detection_classes(detections_by_class: Mapping[str, Any], classes: Seq
     """Raise when detections name a class outside `classes` (e.g. results of another label set)."""
     unknown = sorted(set(detections_by_class) - set(classes))
     if unknown:
-        raise ValueError(f"detections for unknown classes {unknown}; expected names from {list(classes)}")
+        raise VOCDataError(f"detections for unknown classes {unknown}; expected names from {list(classes)}")
 
 
 def mean_ap(per_class: Mapping[str, float]) -> float:

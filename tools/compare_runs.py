@@ -16,10 +16,11 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from colt_core.cli import user_errors  # noqa: E402
 from colt_core.compare import (  # noqa: E402
     DEFAULT_LEVELS,
+    ComparedRun,
     CompareError,
-    RunRecord,
     matching_tickets,
     read_runs,
     rounds_to_sparsity,
@@ -28,10 +29,10 @@ from colt_core.compare import (  # noqa: E402
     write_comparison,
     write_csv,
 )
-from colt_core.io import CheckpointError  # noqa: E402
+from colt_core.report import per_class_markdown, plot_per_class, ticket_label  # noqa: E402
 
 
-def is_detection_run(run: RunRecord) -> bool:
+def is_detection_run(run: ComparedRun) -> bool:
     """A detection run by its ticket's architecture or, before the ticket exists, by its metric (mAP)."""
     from colt_det.export import is_detection_architecture
 
@@ -40,22 +41,23 @@ def is_detection_run(run: RunRecord) -> bool:
     return any("mAP" in (r.metric or "") for r in run.evaluated)
 
 
-def write_per_class(runs: Sequence[RunRecord], out_dir: Path) -> tuple[str, dict[str, Path]]:
+def write_per_class(runs: Sequence[ComparedRun], out_dir: Path) -> tuple[str, dict[str, Path]]:
     """Per-class AP of the dense model and each run's ticket at matching sparsity (Markdown, CSV, PNG)."""
-    from colt_det.report import per_class_markdown, plot_per_class, ticket_label
+    from colt_det.report import REPORT
 
     dense, tickets = matching_tickets(runs)
     columns: dict[str, dict[str, float]] = {}
     if dense is not None:
-        columns[ticket_label({"round": dense[1].round, "sparsity": dense[1].sparsity})] = dense[1].per_class
+        columns[ticket_label(dense[1])] = dense[1].per_class
     for run, rec in tickets:
-        columns[f"{run.label} {ticket_label({'round': rec.round, 'sparsity': rec.sparsity})}"] = rec.per_class
+        columns[f"{run.label} {ticket_label(rec)}"] = rec.per_class
     if not columns:
         return "## Per-class AP\n\n(no run has an evaluated ticket with per-class AP)", {}
     class_names = runs[0].class_names or sorted({c for col in columns.values() for c in col})
     metric = next((r.metric for run in runs for r in run.evaluated if r.metric), "AP")
     title = f"Per-class AP ({metric}): dense model and tickets at matching sparsity"
-    files = {"per_class_png": plot_per_class(columns, class_names, out_dir / "per_class_ap.png", title)}
+    files = {"per_class_png": plot_per_class(columns, class_names, out_dir / "per_class_ap.png", title,
+                                             REPORT.per_class_axis)}
     rows = [{"class": name, **{label: col.get(name) for label, col in columns.items()}}
             for name in class_names]
     files["per_class_csv"] = write_csv(out_dir / "per_class_ap.csv", rows, ["class", *columns])
@@ -63,7 +65,8 @@ def write_per_class(runs: Sequence[RunRecord], out_dir: Path) -> tuple[str, dict
     text = "\n".join(["## Per-class AP (%) at matching sparsity (Table VII)", "",
                       f"Columns: {dense_text}, and each run's evaluated ticket closest to the highest "
                       "sparsity that every run evaluated.", "",
-                      per_class_markdown(columns, class_names), "", "![per-class AP](per_class_ap.png)"])
+                      per_class_markdown(columns, class_names, digits=REPORT.digits, mean_row=REPORT.mean_row), "",
+                      "![per-class AP](per_class_ap.png)"])
     return text, files
 
 
@@ -96,7 +99,7 @@ def main(runs: tuple[str, ...], out: str, labels: tuple[str, ...], levels: str) 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     level_values = parse_levels(levels)
     out_dir = Path(out)
-    try:
+    with user_errors():
         records = read_runs(runs, labels)
         if any(out_dir.resolve() == r.path.resolve() for r in records):
             raise CompareError(f"--out {out_dir} is one of the runs; its report files would be replaced, "
@@ -108,8 +111,6 @@ def main(runs: tuple[str, ...], out: str, labels: tuple[str, ...], levels: str) 
             text, extra = write_per_class(records, out_dir)
             sections.append(text)
         files = write_comparison(records, out_dir, level_values, sections, extra)
-    except (CompareError, CheckpointError) as exc:
-        raise click.ClickException(str(exc)) from None
     rows = rounds_to_sparsity(records, sparsity_levels(records, level_values))
     click.echo("rounds to reach each sparsity (round, sparsity reached, search time):")
     click.echo(rounds_to_sparsity_markdown(records, rows))

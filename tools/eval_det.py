@@ -16,9 +16,11 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from colt_core.config import ConfigError, from_dict, read_yaml  # noqa: E402
+from colt_core.cli import user_errors  # noqa: E402
+from colt_core.config import from_dict, read_yaml  # noqa: E402
 from colt_core.io import CheckpointError, atomic_write_json, load_checkpoint  # noqa: E402
-from colt_det.voc import VOCDataError, load_voc_records  # noqa: E402
+from colt_core.rundir import RunDir, RunDirError  # noqa: E402
+from colt_det.voc import load_voc_records  # noqa: E402
 from colt_det.voc_eval import (  # noqa: E402
     METRICS,
     evaluate_detections,
@@ -28,12 +30,12 @@ from colt_det.voc_eval import (  # noqa: E402
 )
 
 
-def _run_dir_of(checkpoint: Path) -> Path:
+def _run_dir_of(checkpoint: Path) -> RunDir:
     for parent in checkpoint.resolve().parents:
-        if (parent / "config.yaml").is_file():
-            return parent
-    raise click.ClickException(f"{checkpoint}: not inside a run directory (no config.yaml above it); "
-                               "pass --run RUN_DIR so the detector can be built as in that run")
+        if RunDir(parent).config.is_file():
+            return RunDir(parent)
+    raise RunDirError(f"{checkpoint}: not inside a run directory (no config.yaml above it); pass --run RUN_DIR "
+                      "so the detector can be built as in that run")
 
 
 def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: list, device: str) -> dict:
@@ -42,11 +44,11 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
     from colt_core.runtime import pick_device, use_amp
     from colt_det.config import DetRunConfig
     from colt_det.model import build_vgg16_faster_rcnn
-    from colt_det.trainer import detect
+    from colt_det.predict import detect
     from colt_det.voc import VOC_CLASSES
 
-    run_dir = run or _run_dir_of(checkpoint)
-    cfg = from_dict(DetRunConfig, read_yaml(run_dir / "config.yaml"))
+    run_dir = RunDir(run) if run is not None else _run_dir_of(checkpoint)
+    cfg = from_dict(DetRunConfig, read_yaml(run_dir.config))
     # The weights come from the checkpoint, so a pretrained file the run started from is not needed here.
     model = build_vgg16_faster_rcnn(len(VOC_CLASSES) + 1, **cfg.model.build_kwargs(pretrained=False))
     state = load_checkpoint(checkpoint)
@@ -54,9 +56,8 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise click.ClickException(f"{checkpoint}: does not fit the 21-way detector of {run_dir}/config.yaml "
-                                   f"({first}); partition models have fewer outputs: use a round's eval/model.pt"
-                                   ) from None
+        raise CheckpointError(f"{checkpoint}: does not fit the 21-way detector of {run_dir.config} ({first}); "
+                              "partition models have fewer outputs: use a round's eval/model.pt") from None
     dev = pick_device(device)
     with torch.no_grad():
         return detect(model, records, size=cfg.augment.size, device=dev, amp=use_amp(dev, cfg.train.amp),
@@ -79,7 +80,7 @@ def main(voc_root: str, year: str, image_set: str, results: str | None, checkpoi
     """Per-class AP of detections on a VOC image set, printed as a table and optionally saved as JSON."""
     if results is None and checkpoint is None:
         raise click.UsageError("give --results DIR (results files) or --checkpoint FILE (run inference)")
-    try:
+    with user_errors():
         records, _ = load_voc_records(voc_root, [(year, image_set)])
         if checkpoint is not None:
             detections = _detections_from_checkpoint(Path(checkpoint), Path(run) if run else None, records, device)
@@ -88,8 +89,6 @@ def main(voc_root: str, year: str, image_set: str, results: str | None, checkpoi
         else:
             detections = read_results_files(results)
         result = evaluate_detections(detections, records, metric)
-    except (VOCDataError, CheckpointError, ConfigError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
     summary = {"metric": metric, "mAP": result["mAP"], "per_class": result["per_class"]}
     for key in ("AP50", "AP75"):
         if key in result:

@@ -21,22 +21,19 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from colt_core.cli import user_errors  # noqa: E402
 from colt_core.config import ConfigError, read_yaml  # noqa: E402
 from colt_core.export import (  # noqa: E402
     SOURCES,
     ExportError,
     ExportResult,
     ExportTarget,
-    SparseFormatError,
-    check_run_dir,
     export_onnx,
     export_run,
-    is_finished,
     require_onnx,
     verify_onnx,
 )
-from colt_core.io import CheckpointError  # noqa: E402
-from colt_core.ticket import TicketError  # noqa: E402
+from colt_core.rundir import RunDir, open_run  # noqa: E402
 
 
 def classifier_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
@@ -66,12 +63,13 @@ def make_target(architecture: Mapping[str, Any]) -> ExportTarget:
                       "neither a detection nor a classification model; nothing here can rebuild it")
 
 
-def unfinished_run_architecture(run_dir: Path) -> dict[str, Any]:
+def unfinished_run_architecture(run: RunDir) -> dict[str, Any]:
     """The architecture of a run that has no ticket.pt yet, from its stored config (detection runs)."""
     from colt_det.export import architecture_from_config
 
+    run_dir = run.path
     try:
-        return architecture_from_config(read_yaml(run_dir / "config.yaml"))
+        return architecture_from_config(read_yaml(run.config))
     except ConfigError as exc:
         raise ExportError(f"{run_dir}: the run is unfinished (no ticket.pt) and its config.yaml is not a "
                           f"detection config ({exc}); finish the run with --resume, then export it") from None
@@ -131,23 +129,19 @@ def main(run_dir: str, out: str, round_index: int | None, final: bool, source: s
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if final and round_index is not None:
         raise click.UsageError("--round and --final exclude each other")
-    try:
+    with user_errors():
         if with_onnx:
             require_onnx()  # before the export, not after it
-        path = check_run_dir(run_dir)
+        run = open_run(run_dir)
         architecture = None
-        if round_index is not None and not is_finished(path):
-            architecture = unfinished_run_architecture(path)
-        result = export_run(path, out, make_target, round=round_index, source=source,
-                            architecture=architecture)
+        if round_index is not None and not run.is_finished():
+            architecture = unfinished_run_architecture(run)
+        result = export_run(run, out, make_target, round=round_index, source=source, architecture=architecture)
         arch = result.architecture
         onnx_line = export_onnx_file(result, arch, onnx_size) if with_onnx else None
-    except (ExportError, SparseFormatError, CheckpointError, TicketError) as exc:
-        raise click.ClickException(str(exc)) from None
-
     click.echo(result.sparsity_markdown())
     dense, sparse = result.sizes["dense"], result.sizes["sparse"]
-    click.echo(f"exported round {result.round} ({result.source}) of {path} to {result.out_dir}:")
+    click.echo(f"exported round {result.round} ({result.source}) of {run.path} to {result.out_dir}:")
     click.echo(f"  dense  {result.files['dense'].name:<28} {_size(dense):>10}")
     click.echo(f"  sparse {result.files['sparse'].name:<28} {_size(sparse):>10}  "
                f"({100 * sparse / dense:.1f}% of dense; colt_core.export.load_sparse reads it)")

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from toy import NUM_CLASSES, ToyNet, ToyTrainer
+from toy import NUM_CLASSES, ToyNet, run_toy
 
 from colt_core.compare import (
+    ComparedRound,
+    ComparedRun,
     CompareError,
-    RoundRecord,
-    RunRecord,
     config_differences,
     matching_tickets,
     read_run,
@@ -24,7 +24,7 @@ from colt_core.compare import (
 )
 from colt_core.config import to_dict
 from colt_core.io import read_json
-from colt_core.rounds import RoundLoop, prepare_run_dir
+from colt_core.rundir import prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,8 +40,8 @@ def make_run(out: Path, method: str, max_rounds: int) -> Path:
     split = SplitConfig()
     config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
     run_dir = prepare_run_dir(out, config, resume=False, overwrite=False)
-    RoundLoop(ToyTrainer(epochs=2), prune, split, seed=3, run_dir=run_dir, config_dict=config).run()
-    return run_dir
+    run_toy(run_dir, prune, split, seed=3, epochs=2)
+    return run_dir.path
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +183,13 @@ def test_labels_and_errors(runs, tmp_path):
     assert read_runs([runs[0], runs[1]], ["mine", "theirs"])[1].label == "theirs"
 
 
-def _round(r: int, sparsity: float, per_class: dict | None = None) -> RoundRecord:
-    return RoundRecord(round=r, sparsity=sparsity, prune_rate=sparsity, total_params=100, search_time_s=1.0,
+def _round(r: int, sparsity: float, per_class: dict | None = None) -> ComparedRound:
+    return ComparedRound(round=r, sparsity=sparsity, prune_rate=sparsity, total_params=100, search_time_s=1.0,
                        eval_time_s=0.0, metric="m", value=0.5, per_class=per_class or {"a": 0.5})
 
 
-def _run(label: str, rounds: list[RoundRecord]) -> RunRecord:
-    return RunRecord(path=Path(label), label=label, method="colt", partitions=2, config={}, rounds=rounds,
+def _run(label: str, rounds: list[ComparedRound]) -> ComparedRun:
+    return ComparedRun(path=Path(label), label=label, method="colt", partitions=2, config={}, rounds=rounds,
                      finished=True, architecture=None, class_names=["a"])
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from toy import NUM_CLASSES, ToyNet, ToyTrainer
+from toy import NUM_CLASSES, ToyNet, run_toy
 
 from colt_core.config import to_dict
 from colt_core.export import (
@@ -20,7 +20,7 @@ from colt_core.export import (
     save_sparse,
 )
 from colt_core.io import atomic_save, read_json
-from colt_core.rounds import RoundLoop, prepare_run_dir
+from colt_core.rundir import RunDir, RunDirError, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
 from colt_core.ticket import load_ticket
 
@@ -33,8 +33,8 @@ def make_run(out: Path, method: str = "colt", evaluate: str = "all", max_rounds:
     split = SplitConfig()
     config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
     run_dir = prepare_run_dir(out, config, resume=False, overwrite=False)
-    RoundLoop(ToyTrainer(epochs=2), prune, split, seed=3, run_dir=run_dir, config_dict=config).run()
-    return run_dir
+    run_toy(run_dir, prune, split, seed=3, epochs=2)
+    return run_dir.path
 
 
 def toy_target(architecture) -> ExportTarget:
@@ -189,9 +189,9 @@ def test_lth_trained_export_of_a_reused_evaluation(tmp_path):
 def test_export_errors_are_one_clear_line(colt_run, tmp_path):
     with pytest.raises(ExportError, match=r"round 9 does not exist; rounds on disk: 0, 1, 2, 3"):
         export_run(colt_run, tmp_path / "x", toy_target, round=9)
-    with pytest.raises(ExportError, match="not a COLT run directory"):
+    with pytest.raises(RunDirError, match="not a COLT run directory"):
         export_run(tmp_path, tmp_path / "x", toy_target)
-    with pytest.raises(ExportError, match="no such run directory"):
+    with pytest.raises(RunDirError, match="no such run directory"):
         export_run(tmp_path / "missing", tmp_path / "x", toy_target)
 
     class WiderToyNet(ToyNet):
@@ -230,7 +230,7 @@ def test_unfinished_run_exports_its_rounds_only(colt_run, tmp_path):
     with pytest.raises(ExportError, match=r"round 3 does not exist \(the run is unfinished"):
         export_run(run, tmp_path / "x", toy_target, round=3, architecture={"name": "toynet"})
     with pytest.raises(ExportError, match="no architecture description"):
-        load_round_ticket(run, 2)
+        load_round_ticket(RunDir(run), 2)
     result = export_run(run, tmp_path / "r2", toy_target, round=2, architecture={"name": "toynet", "dim": 16})
     mask = torch.load(run / "round_02" / "mask.pt", weights_only=True)
     init = torch.load(run / "init.pt", weights_only=True)

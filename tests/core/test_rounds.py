@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from toy import ToyNet, ToyTrainer
+from toy import ToyNet, ToyTask, run_toy
 
 from colt_core.config import to_dict
 from colt_core.io import CheckpointError, atomic_save, load_checkpoint, read_json
-from colt_core.rounds import RoundLoop, RunDirError, prepare_run_dir
+from colt_core.rundir import RunDirError, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
 from colt_core.ticket import TicketError, load_ticket
 
@@ -22,7 +22,7 @@ def run_loop(out: Path, prune: PruneConfig, split: SplitConfig | None = None, se
     split = split or SplitConfig()
     config = {"seed": seed, "prune": to_dict(prune), "split": to_dict(split)}
     run_dir = prepare_run_dir(out, config, resume=False, overwrite=False)
-    return RoundLoop(ToyTrainer(), prune, split, seed=seed, run_dir=run_dir, config_dict=config).run()
+    return run_toy(run_dir, prune, split, seed=seed)
 
 
 def test_colt_run_directory_layout_and_monotone_masks(tmp_path):
@@ -31,7 +31,7 @@ def test_colt_run_directory_layout_and_monotone_masks(tmp_path):
     run = tmp_path / "run"
     split = read_json(run / "split.json")
     assert sorted(c for g in split["groups"] for c in g) == list(range(6))
-    assert split["class_names"] == list(ToyTrainer.class_names)
+    assert split["class_names"] == list(ToyTask.class_names)
     for name in ("config.yaml", "init.pt", "ticket.pt", "summary.json"):
         assert (run / name).is_file()
     n_rounds = len(result.rounds)
@@ -47,11 +47,11 @@ def test_colt_run_directory_layout_and_monotone_masks(tmp_path):
         for p in range(2):
             state = torch.load(run / f"round_{r:02d}" / f"partition_{p}" / "model.pt", weights_only=True)
             assert state["head.weight"].shape[0] == len(split["groups"][p])
-    assert result.rounds[-1]["sparsity"] >= 0.6
-    assert result.rounds[-2]["sparsity"] < 0.6
+    assert result.rounds[-1].sparsity >= 0.6
+    assert result.rounds[-2].sparsity < 0.6
     # evaluate="first_last": the dense model and the final ticket
-    assert "eval" in result.rounds[0] and "eval" in result.rounds[-1]
-    assert all("eval" not in r for r in result.rounds[1:-1])
+    assert result.rounds[0].evaluation is not None and result.rounds[-1].evaluation is not None
+    assert all(r.evaluation is None for r in result.rounds[1:-1])
     ticket = load_ticket(run / "ticket.pt", ToyNet(6), output_layers=["head"])
     assert ticket.meta["method"] == "colt"
     assert set(ticket.mask) == {"conv.weight", "fc1.weight"}
@@ -81,7 +81,9 @@ def test_lth_reuses_the_round_model_as_its_evaluation(tmp_path):
     prune = PruneConfig(method="lth", rates={"conv": 0.2, "fc": 0.2}, max_rounds=2, evaluate="all")
     result = run_loop(tmp_path / "run", prune)
     assert read_json(tmp_path / "run" / "split.json")["groups"] == [list(range(6))]
-    assert result.rounds[0]["eval"]["train"] == {"reused": "round_00/partition_0"}
+    assert result.rounds[0].evaluation.reused == "round_00/partition_0"
+    assert read_json(tmp_path / "run" / "round_00" / "eval" / "metrics.json")["train"] == {
+        "reused": "round_00/partition_0"}
     assert (tmp_path / "run" / "round_02" / "eval" / "model.pt").is_file()
 
 
@@ -106,7 +108,7 @@ def test_run_dir_is_never_overwritten_without_permission(tmp_path):
     assert (out / "precious.txt").is_file()
     with pytest.raises(RunDirError, match="seed"):
         prepare_run_dir(out, {"seed": 2}, resume=True, overwrite=False)
-    assert prepare_run_dir(out, config, resume=True, overwrite=False) == out
+    assert prepare_run_dir(out, config, resume=True, overwrite=False).path == out
     prepare_run_dir(out, config, resume=False, overwrite=True)
     assert not (out / "precious.txt").exists()
     other = tmp_path / "not_a_run"

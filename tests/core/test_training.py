@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from colt_core.errors import TrainingDivergedError
+from colt_core.fit import FitResult, fit
 from colt_core.io import CheckpointError
 from colt_core.masks import MaskKeeper
 from colt_core.optim import OptimizerConfig, ScheduleConfig, build_lr_scheduler, build_optimizer
-from colt_core.training import FitResult, fit
 from colt_core.weights import snapshot
 
 
@@ -186,7 +187,7 @@ def test_bad_epochs_and_a_diverged_validation_loss_are_reported():
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         fit(nn.Linear(1, 1), epochs=0, train_epoch=lambda e: {}, val_loss=None,
             optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), seed=0)
-    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+    with pytest.raises(TrainingDivergedError, match=r"lower train\.optimizer\.lr"):
         Run(epochs=2, scripted_val_losses=[0.5, math.nan])()
 
 

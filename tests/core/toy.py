@@ -1,19 +1,22 @@
-"""A tiny classifier front end over Gaussian blobs, to exercise the engine without a real one."""
+"""A tiny classification task over Gaussian blobs, to exercise the engine without a real front end."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from colt_core.distributed import distributed_sampler, wrap_ddp
-from colt_core.masks import MaskKeeper
+from colt_core.optim import OptimizerConfig, ScheduleConfig
 from colt_core.partition import non_iid_keep
-from colt_core.rounds import TrainJob, TrainOutput
-from colt_core.training import fit
+from colt_core.rounds import RoundLoop, RunResult
+from colt_core.rundir import RunDir
+from colt_core.settings import PruneConfig, SplitConfig, TrainConfig
+from colt_core.task import TrainJob
+from colt_core.training import Trainer
 
 NUM_CLASSES = 6
 DIM = 16
@@ -41,11 +44,13 @@ class ToyNet(nn.Module):
 
 
 @dataclass
-class ToyTrainer:
-    epochs: int = 3
-    sleep: float = 0.0
+class ToyTask:
+    """The whole Task protocol in a page: blobs split 80/20 into training and validation samples."""
+
+    sleep: float = 0.0  # seconds per validation, to give a kill-and-resume test time to kill
     class_names: tuple[str, ...] = tuple(f"c{i}" for i in range(NUM_CLASSES))
     output_layers: tuple[str, ...] = ("head",)
+    collate = None
 
     def __post_init__(self) -> None:
         self.x, self.y = make_data()
@@ -55,66 +60,53 @@ class ToyTrainer:
         return ToyNet(num_outputs)
 
     def architecture(self) -> dict:
-        return {"name": "toynet", "dim": DIM}
+        return {"name": "toynet", "task": "toy", "dim": DIM}
 
-    def _subset(self, job: TrainJob) -> tuple[torch.Tensor, torch.Tensor]:
+    def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None
+                 ) -> tuple[TensorDataset, TensorDataset]:
         idx = torch.arange(len(self.y))
-        if job.non_iid_max_drop:
+        if job is not None and job.non_iid_max_drop:
             idx = torch.as_tensor(non_iid_keep(self.y.numpy(), job.data_seed, job.non_iid_max_drop))
         x, y = self.x[idx], self.y[idx]
-        if job.class_ids is None:
-            return x, y
-        keep = torch.isin(y, torch.tensor(job.class_ids))
-        remap = {c: i for i, c in enumerate(job.class_ids)}
-        return x[keep], torch.tensor([remap[int(v)] for v in y[keep]])
-
-    def train(self, job: TrainJob) -> TrainOutput:
-        x, y = self._subset(job)
+        if class_ids is not None:
+            keep = torch.isin(y, torch.tensor(class_ids))
+            remap = {c: i for i, c in enumerate(class_ids)}
+            x, y = x[keep], torch.tensor([remap[int(v)] for v in y[keep]])
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         n_val = len(y) // 5
-        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(job.data_seed))
-        val, tr = perm[:n_val], perm[n_val:]
-        model = job.model
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        keeper = MaskKeeper(model, job.mask, opt)
-        loss_fn = nn.CrossEntropyLoss()
-        # Several ranks training this job: each takes its share of every epoch, gradients are averaged.
-        net = wrap_ddp(model, job.dist)
-        sampler = distributed_sampler(range(len(tr)), job.dist, shuffle=True, seed=job.seed)
+        return TensorDataset(x[perm[n_val:]], y[perm[n_val:]]), TensorDataset(x[perm[:n_val]], y[perm[:n_val]])
 
-        def train_epoch(epoch: int) -> dict:
-            if sampler is None:
-                order = tr[torch.randperm(len(tr))]
-            else:
-                sampler.set_epoch(epoch)
-                order = tr[list(sampler)]
-            total = 0.0
-            for b in order.split(16):
-                opt.zero_grad()
-                loss = loss_fn(net(x[b]), y[b])
-                loss.backward()
-                keeper.before_step()
-                opt.step()
-                keeper.after_step()
-                total += loss.item()
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not model.training:
             time.sleep(self.sleep)
-            return {"loss": total}
-
-        def val_loss() -> float:
-            model.eval()
-            with torch.no_grad():
-                out = float(loss_fn(model(x[val]), y[val]))
-            model.train()
-            return out
-
-        result = fit(model, epochs=self.epochs, train_epoch=train_epoch, val_loss=val_loss, optimizer=opt,
-                     seed=job.seed, keeper=keeper, checkpoint_path=Path(job.workdir) / "train_state.pt",
-                     dist=job.dist)
-        if job.dist is None or job.dist.is_group_main:
-            (Path(job.workdir) / "train_state.pt").unlink(missing_ok=True)
-        return TrainOutput(result.best_state, {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch})
+        x, y = batch
+        return {"loss": F.cross_entropy(model(x), y)}
 
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict:
         model.eval()
         with torch.no_grad():
             acc = float((model(self.x).argmax(1) == self.y).float().mean())
         return {"metric": "accuracy", "value": acc}
+
+
+def toy_train_config(epochs: int = 3) -> TrainConfig:
+    """Adam 1e-2 at a constant rate, batches of 16: the toy blobs are learnt in a few epochs."""
+    return TrainConfig(epochs=epochs, batch_size=16, optimizer=OptimizerConfig(name="adam", lr=1e-2),
+                       schedule=ScheduleConfig(name="constant"), progress=False)
+
+
+def toy_trainer(task: ToyTask, run: RunDir | None = None, epochs: int = 3) -> Trainer:
+    return Trainer(task, toy_train_config(epochs), eval_batch_size=64,
+                   tensorboard=run.tensorboard_for if run is not None else None)
+
+
+def run_toy(run: RunDir, prune: PruneConfig, split: SplitConfig | None = None, *, seed: int = 3,
+            task: ToyTask | None = None, epochs: int = 3, dist=None) -> RunResult:
+    """COLT/LTH rounds of the toy task into `run` (a prepared run directory)."""
+    task = task or ToyTask()
+    split = split or SplitConfig()
+    from colt_core.config import to_dict
+
+    config = {"seed": seed, "prune": to_dict(prune), "split": to_dict(split)}
+    return RoundLoop(task, toy_trainer(task, run, epochs), prune, split, seed=seed, run_dir=run, config_dict=config,
+                     dist=dist).run()

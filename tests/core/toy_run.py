@@ -15,30 +15,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import click
-from toy import ToyTrainer
+from toy import ToyTask, run_toy
 
 from colt_core.config import to_dict
 from colt_core.distributed import distributed_session, run_on_main
-from colt_core.rounds import RoundLoop, TrainJob, TrainOutput, prepare_run_dir
+from colt_core.rundir import prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
+from colt_core.task import TrainJob
 
 
-class FailingToyTrainer(ToyTrainer):
-    """The toy trainer, except that one rank fails in the first training of one round."""
+class FailingToyTask(ToyTask):
+    """The toy task, except that one rank fails in the first training of one round."""
 
     def __init__(self, *, fail_rank: int, fail_round: int, fail_mode: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.fail_rank, self.fail_round, self.fail_mode = fail_rank, fail_round, fail_mode
 
-    def train(self, job: TrainJob) -> TrainOutput:
-        rank = job.dist.rank if job.dist is not None else 0
-        if rank == self.fail_rank and job.round == self.fail_round:
+    def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None):
+        rank = job.dist.rank if job is not None and job.dist is not None else 0
+        if job is not None and rank == self.fail_rank and job.round == self.fail_round:
             if self.fail_mode == "exit":
                 os._exit(3)  # a crash: no exception, no clean-up
             if self.fail_mode == "hang":
                 time.sleep(3600)
             raise RuntimeError(f"injected failure in round {job.round}, partition {job.partition}")
-        return super().train(job)
+        return super().datasets(class_ids, job)
 
 
 @click.command()
@@ -56,15 +57,15 @@ def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fai
         rank = f"[rank {dist.rank}] " if dist is not None else ""
         logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s")
         prune = PruneConfig(method=method, partitions=partitions, rates={"conv": 0.2, "fc": 0.3},
-                            target_sparsity=0.6, max_rounds=4, evaluate="all")
+                            target_sparsity=0.75, max_rounds=4, evaluate="all")
         split = SplitConfig()
         config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
         run_dir = run_on_main(dist, prepare_run_dir, out, config, resume=resume, overwrite=False)
         if fail_rank is None:
-            trainer = ToyTrainer(sleep=sleep)
+            task = ToyTask(sleep=sleep)
         else:
-            trainer = FailingToyTrainer(sleep=sleep, fail_rank=fail_rank, fail_round=fail_round, fail_mode=fail_mode)
-        result = RoundLoop(trainer, prune, split, seed=3, run_dir=run_dir, config_dict=config, dist=dist).run()
+            task = FailingToyTask(sleep=sleep, fail_rank=fail_rank, fail_round=fail_round, fail_mode=fail_mode)
+        result = run_toy(run_dir, prune, split, seed=3, task=task, dist=dist)
         print("rounds", len(result.rounds))
 
 

@@ -18,8 +18,10 @@ from colt_core.export import (
 )
 from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from colt_core.masks import MaskKeeper
-from colt_core.rounds import RoundLoop, TrainJob, TrainOutput, prepare_run_dir
+from colt_core.rounds import RoundLoop
+from colt_core.rundir import TrainingRecord, prepare_run_dir
 from colt_core.sparsity import sparsity_report
+from colt_core.task import TrainJob, TrainOutput
 from colt_core.ticket import load_ticket, save_ticket
 from colt_core.weights import snapshot
 from colt_det.config import DataConfig, DetRunConfig, ModelConfig
@@ -29,7 +31,7 @@ from colt_det.export import (
     build_detector,
     detection_export_target,
 )
-from colt_det.model import backbone_state_dict, prune_group_specs
+from colt_det.model import BACKBONE_PREFIX, prune_group_specs
 from colt_det.voc import VOC_CLASSES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,15 +82,14 @@ def test_full_width_backbone_export_loads_into_torchvision_vgg16(tmp_path):
     assert result.exported_report["overall"]["sparsity"] == pytest.approx(0.9, abs=1e-6)
 
 
-class FakeDetectionTrainer:
-    """Real tiny detectors and masks; "training" is a seeded weight perturbation and AP a seeded draw.
-
-    It exercises everything the export and compare tools read (run layout, masks, tickets, per-class
-    evaluations) without spending minutes on real detector training.
-    """
+class FakeDetectionTask:
+    """Real tiny detectors and masks; AP is a seeded draw. With `PerturbingTrainer` it exercises everything
+    the export and compare tools read (run layout, masks, tickets, per-class evaluations) without spending
+    minutes on real detector training."""
 
     class_names = VOC_CLASSES
     output_layers = ("roi_heads.box_predictor",)
+    collate = None
 
     def __init__(self, config: dict) -> None:
         self.arch = architecture_from_config(config)
@@ -100,6 +101,17 @@ class FakeDetectionTrainer:
     def architecture(self) -> dict:
         return dict(self.arch)
 
+    def evaluate(self, model, job: TrainJob) -> dict:
+        gen = torch.Generator().manual_seed(job.seed % 2**31)
+        per_class = {name: float(v) for name, v in zip(VOC_CLASSES, torch.rand(20, generator=gen))}
+        return {"metric": "voc07 mAP", "value": sum(per_class.values()) / 20, "per_class": per_class}
+
+
+class PerturbingTrainer:
+    """Stands in for the engine's trainer: "training" is a seeded weight perturbation under the mask."""
+
+    device, amp = torch.device("cpu"), False
+
     def train(self, job: TrainJob) -> TrainOutput:
         gen = torch.Generator().manual_seed(job.seed % 2**31)
         keeper = MaskKeeper(job.model, job.mask)
@@ -107,12 +119,7 @@ class FakeDetectionTrainer:
             for p in job.model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
         keeper.after_step()
-        return TrainOutput(snapshot(job.model), {"best_val_loss": 1.0})
-
-    def evaluate(self, model, job: TrainJob) -> dict:
-        gen = torch.Generator().manual_seed(job.seed % 2**31)
-        per_class = {name: float(v) for name, v in zip(VOC_CLASSES, torch.rand(20, generator=gen))}
-        return {"metric": "voc07 mAP", "value": sum(per_class.values()) / 20, "per_class": per_class}
+        return TrainOutput(snapshot(job.model), TrainingRecord(best_epoch=0, best_val_loss=1.0))
 
 
 def make_detection_run(out: Path, method: str, max_rounds: int) -> Path:
@@ -121,9 +128,9 @@ def make_detection_run(out: Path, method: str, max_rounds: int) -> Path:
     cfg.prune.evaluate = "all"
     config = to_dict(cfg)
     run_dir = prepare_run_dir(out, config, resume=False, overwrite=False)
-    RoundLoop(FakeDetectionTrainer(config), cfg.prune, cfg.split, seed=0, run_dir=run_dir,
+    RoundLoop(FakeDetectionTask(config), PerturbingTrainer(), cfg.prune, cfg.split, seed=0, run_dir=run_dir,
               config_dict=config).run()
-    return run_dir
+    return run_dir.path
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +154,7 @@ def test_export_tool_writes_backbone_sparse_file_ticket_and_table(detection_runs
     ticket = load_ticket(colt / "ticket.pt")
     model = build_detector(ticket.architecture)
     model.load_state_dict({k: v * ticket.mask[k] if k in ticket.mask else v for k, v in ticket.init.items()})
-    expected = backbone_state_dict(model)
+    expected = {k[len(BACKBONE_PREFIX):]: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
     dense = torch.load(tmp_path / "final" / "vgg16_backbone.pth", weights_only=True)
     conv_indices = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
     assert list(dense) == list(expected) == [f"{i}.{p}" for i in conv_indices for p in ("weight", "bias")]
@@ -245,13 +252,13 @@ def test_compare_tool_writes_the_per_class_table_of_detection_runs(detection_run
     assert float(rows[1].split(",")[1]) == dense_ap
 
 
-def test_architecture_matches_the_trainer(synthetic_voc):
-    """The export rebuilds exactly the detector DetectionTrainer trains (same names and shapes)."""
-    from colt_det.trainer import DetectionTrainer
+def test_architecture_matches_the_task(synthetic_voc):
+    """The export rebuilds exactly the detector DetectionTask trains (same names and shapes)."""
+    from colt_det.task import DetectionTask
 
     cfg = DetRunConfig(data=DataConfig(root=str(synthetic_voc), train_sets="2007:trainval", num_workers=0),
                        model=ModelConfig(**TINY_MODEL))
-    trainer = DetectionTrainer(cfg)
+    trainer = DetectionTask(cfg)
     architecture = architecture_from_config(to_dict(cfg))
     assert trainer.architecture() == architecture
     built, expected = build_detector(architecture).state_dict(), trainer.build_model(20).state_dict()

@@ -1,4 +1,4 @@
-"""Faster R-CNN VGG16: layout, prune groups, init, pretrained loading, descriptions, full-width size."""
+"""Faster R-CNN VGG16: layout, prune groups, init, keyword forwarding, pretrained loading, full-width size."""
 
 from __future__ import annotations
 
@@ -11,20 +11,16 @@ import torch
 import torchvision
 from torch import nn
 
+from colt_core.pruning import resolve_prune_groups
 from colt_det.model import (
+    BACKBONE_PREFIX,
     DETECTOR_OUTPUT_LAYERS,
     SingleLevelRoIPool,
     VGG16Backbone,
-    backbone_state_dict,
-    build_from_description,
     build_vgg16_faster_rcnn,
-    count_parameters,
-    describe_architecture,
     group_norm_groups,
     load_vgg16_weights,
-    prune_group_parameter_names,
     prune_group_specs,
-    replace_box_predictor,
 )
 
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -42,6 +38,17 @@ def tiny_model(num_classes: int = 3, seed: int = 0, **kwargs) -> torchvision.mod
                    **FAST_SAMPLING)
     options.update(kwargs)
     return build_vgg16_faster_rcnn(num_classes, **options)
+
+
+def prune_groups(model: nn.Module) -> dict[str, list[str]]:
+    """The detector's prune groups as the engine resolves them: group name -> weight names in model order."""
+    resolved = resolve_prune_groups(model, prune_group_specs(), {"conv": 0.2, "fc": 0.2}, DETECTOR_OUTPUT_LAYERS)
+    return {g.name: list(g.params) for g in resolved}
+
+
+def backbone_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's state keyed like ``torchvision.models.vgg16().features``."""
+    return {k[len(BACKBONE_PREFIX):]: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)}
 
 
 def square_images(n: int = 2, size: int = 64) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -103,7 +110,7 @@ def test_minimum_width_keeps_four_channels():
 
 def test_prune_groups_cover_backbone_and_rpn_convs_and_fc6_fc7():
     model = tiny_model()
-    groups = prune_group_parameter_names(model)
+    groups = prune_groups(model)
     assert set(groups) == {"conv", "fc"}
     assert groups["conv"] == [f"backbone.body.{i}.weight" for i in VGG16_CONV_INDICES] + [
         "rpn.head.conv.0.0.weight", "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"]
@@ -140,22 +147,15 @@ def test_group_norm_groups_divide_and_keep_two_channels_per_group():
 
 @pytest.mark.parametrize("norm", ["batch", "group"])
 def test_norm_layers_are_never_pruned_and_the_model_trains(norm):
-    from colt_core.pruning import resolve_prune_groups
-
     model = tiny_model(norm=norm)
-    groups = prune_group_parameter_names(model)
+    groups = prune_groups(model)
     assert groups["conv"] == [f"backbone.body.{i}.weight" for i in VGG16_BN_CONV_INDICES] + [
         "rpn.head.conv.0.0.weight", "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"]
-    resolved = resolve_prune_groups(model, prune_group_specs(), {"conv": 0.2, "fc": 0.2}, DETECTOR_OUTPUT_LAYERS)
-    assert {g.name: list(g.params) for g in resolved} == groups
+    assert groups["fc"] == ["roi_heads.box_head.fc6.weight", "roi_heads.box_head.fc7.weight"]
     images, targets = square_images()
     model.train()
     sum(model(images, targets).values()).backward()
     assert model.backbone.body[1].weight.grad.abs().sum() > 0
-    desc = json.loads(json.dumps(describe_architecture(model)))
-    assert desc["norm"] == norm
-    again = build_from_description(desc)
-    assert type(again.backbone.body[1]) is type(model.backbone.body[1])
 
 
 def test_vgg16_bn_weights_load_into_a_batch_norm_backbone(tmp_path):
@@ -169,20 +169,11 @@ def test_vgg16_bn_weights_load_into_a_batch_norm_backbone(tmp_path):
     torch.save(state, path)
     torch.manual_seed(0)
     model = build_vgg16_faster_rcnn(3, head_dim=32, min_size=64, max_size=64, norm="batch", pretrained_backbone=path)
-    for key, value in backbone_state_dict(model).items():
+    for key, value in backbone_weights(model).items():
         assert torch.equal(value, state[f"features.{key}"]), key
     plain, _ = _vgg16_file(tmp_path, with_classifier=False)
     with pytest.raises(ValueError, match=r"lacks key '1\.weight'.*norm='batch'.*vgg16_bn"):
         build_vgg16_faster_rcnn(3, head_dim=32, norm="batch", pretrained_backbone=plain)
-
-
-def test_prune_group_specs_resolve_in_the_engine():
-    from colt_core.pruning import resolve_prune_groups
-
-    model = tiny_model()
-    rates = {"conv": 0.15, "fc": 0.2}
-    resolved = resolve_prune_groups(model, prune_group_specs(), rates, DETECTOR_OUTPUT_LAYERS)
-    assert {g.name: list(g.params) for g in resolved} == prune_group_parameter_names(model)
 
 
 def test_xavier_init_is_deterministic_and_bounded():
@@ -212,48 +203,36 @@ def test_torchvision_init_follows_vgg_and_rpn_defaults():
     assert model.rpn.head.conv[0][0].weight.std().item() == pytest.approx(0.01, rel=0.1)
 
 
-def test_replace_box_predictor_installs_a_fresh_head():
-    model = tiny_model(num_classes=3)
-    old = model.roi_heads.box_predictor
-    torch.manual_seed(1)
-    predictor = replace_box_predictor(model, 21)
-    assert model.roi_heads.box_predictor is predictor is not old
-    assert predictor.cls_score.out_features == 21 and predictor.bbox_pred.out_features == 84
-    assert predictor.cls_score.in_features == 32
-    assert describe_architecture(model)["num_classes"] == 21
-    twin = tiny_model(num_classes=3)
-    torch.manual_seed(1)
-    again = replace_box_predictor(twin, 21)
-    assert torch.equal(again.cls_score.weight, predictor.cls_score.weight)
-    model.eval()
-    with torch.no_grad():
-        model(square_images(1)[0])
-    with pytest.raises(ValueError, match="num_classes"):
-        replace_box_predictor(model, 1)
+def test_faster_rcnn_keywords_are_forwarded_and_the_model_carries_no_description():
+    model = tiny_model(rpn_nms_thresh=0.6, box_nms_thresh=0.4, box_detections_per_img=7, box_score_thresh=0.2)
+    assert model.rpn.nms_thresh == 0.6 and model.roi_heads.nms_thresh == 0.4
+    assert model.roi_heads.detections_per_img == 7 and model.roi_heads.score_thresh == 0.2
+    # torchvision's own defaults where the builder does not say otherwise; py-faster-rcnn's input size
+    default = build_vgg16_faster_rcnn(3, width=0.0625, head_dim=8)
+    assert (default.rpn.nms_thresh, default.roi_heads.nms_thresh, default.roi_heads.score_thresh) == (0.7, 0.5, 0.05)
+    assert (default.transform.min_size, default.transform.max_size) == ((600,), 1000)
+    assert not hasattr(model, "arch_config")
+    with pytest.raises(TypeError, match="rpn_nms_treshold"):
+        tiny_model(rpn_nms_treshold=0.5)
 
 
-def test_description_round_trips_through_json():
-    model = tiny_model(num_classes=4, roi_pool="pool", head_dropout=0.25)
-    desc = json.loads(json.dumps(describe_architecture(model)))
-    assert desc["name"] == "vgg16_faster_rcnn"
-    assert (desc["num_classes"], desc["width"], desc["head_dim"], desc["roi_pool"]) == (4, 0.0625, 32, "pool")
-    assert desc["num_parameters"] == count_parameters(model)
-    assert desc["parameter_shapes"]["roi_heads.box_head.fc6.weight"] == [32, 32 * 7 * 7]
-    same = build_from_description(desc)
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    assert {n: p.shape for n, p in same.named_parameters()} == shapes
-    assert isinstance(same.roi_heads.box_roi_pool, SingleLevelRoIPool)
-    assert same.roi_heads.box_head.drop6.p == 0.25
-    full = build_from_description(desc, num_classes=21)
-    assert full.roi_heads.box_predictor.cls_score.out_features == 21
-    edited = json.loads(json.dumps(desc))
-    edited["parameter_shapes"]["roi_heads.box_head.fc7.weight"] = [64, 32]
-    with pytest.raises(ValueError, match="parameter_shapes"):
-        build_from_description(edited, num_classes=21)
-    with pytest.raises(ValueError, match="unknown architecture key"):
-        build_from_description({**desc, "depth": 19})
-    with pytest.raises(ValueError, match="architecture name"):
-        build_from_description({**desc, "name": "resnet"})
+def test_the_config_architecture_rebuilds_the_same_detector():
+    from colt_det.config import ModelConfig
+    from colt_det.export import build_detector
+
+    cfg = ModelConfig(width=0.0625, head_dim=32, roi_pool="pool", head_dropout=0.25, min_size=64, max_size=64)
+    architecture = json.loads(json.dumps(cfg.architecture()))
+    assert (architecture["name"], architecture["task"], architecture["num_classes"]) == (
+        "fasterrcnn_vgg16", "detection", 21)
+    torch.manual_seed(0)
+    built = build_vgg16_faster_rcnn(21, **cfg.build_kwargs())
+    again = build_detector(architecture)
+    assert {n: p.shape for n, p in again.named_parameters()} == {n: p.shape for n, p in built.named_parameters()}
+    assert isinstance(again.roi_heads.box_roi_pool, SingleLevelRoIPool) and again.roi_heads.box_head.drop6.p == 0.25
+    with pytest.raises(ValueError, match="unknown detector architecture key"):
+        build_detector({**architecture, "depth": 19})
+    with pytest.raises(ValueError, match="not a detection architecture"):
+        build_detector({**architecture, "name": "resnet"})
 
 
 @pytest.mark.parametrize(
@@ -285,14 +264,14 @@ def test_pretrained_backbone_from_local_file(tmp_path):
     path, state = _vgg16_file(tmp_path, with_classifier=True)
     torch.manual_seed(0)
     model = build_vgg16_faster_rcnn(3, head_dim=32, min_size=64, max_size=64, pretrained_backbone=path)
-    for key, value in backbone_state_dict(model).items():
+    for key, value in backbone_weights(model).items():
         assert torch.equal(value, state[f"features.{key}"]), key
     # An exported backbone (bare "N.weight" keys) loads the same way.
     bare = tmp_path / "exported.pth"
     torch.save({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}, bare)
     torch.manual_seed(0)
     other = build_vgg16_faster_rcnn(3, head_dim=32, min_size=64, max_size=64)
-    assert load_vgg16_weights(other, bare) == [f"backbone.body.{k}" for k in backbone_state_dict(other)]
+    assert load_vgg16_weights(other, bare) == [f"backbone.body.{k}" for k in backbone_weights(other)]
     assert torch.equal(other.backbone.body[28].weight, state["features.28.weight"])
 
 
@@ -331,11 +310,11 @@ def full_model():
 
 def test_full_width_parameter_count(full_model):
     assert EXPECTED_FULL_PARAMETERS == 137_073_622
-    assert count_parameters(full_model) == EXPECTED_FULL_PARAMETERS
+    assert sum(p.numel() for p in full_model.parameters()) == EXPECTED_FULL_PARAMETERS
 
 
 def test_full_width_backbone_loads_into_torchvision_vgg16_strictly(full_model):
-    exported = backbone_state_dict(full_model)
+    exported = backbone_weights(full_model)
     with torch.device("meta"):
         vgg = torchvision.models.vgg16()
     result = vgg.features.load_state_dict(exported, strict=True, assign=True)
@@ -365,7 +344,7 @@ def test_full_width_train_step_and_evaluation(full_model):
 def test_classifier_maps_to_fc6_fc7_at_full_width(full_model, tmp_path, monkeypatch):
     generator = torch.Generator().manual_seed(5)
     state = {f"features.{k}": torch.randn(v.shape, generator=generator)
-             for k, v in backbone_state_dict(full_model).items()}
+             for k, v in backbone_weights(full_model).items()}
     state.update({
         "classifier.0.weight": torch.randn(4096, 25088, generator=generator),
         "classifier.0.bias": torch.randn(4096, generator=generator),

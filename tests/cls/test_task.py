@@ -1,4 +1,5 @@
-"""The classification trainer: partition datasets, prune groups, masked training, evaluation, transfer."""
+"""The classification task: partition datasets, prune groups, masked training by the engine, evaluation,
+ticket transfer."""
 
 from __future__ import annotations
 
@@ -10,21 +11,30 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import colt_core.training as training_module
 from colt_cls.config import ClsRunConfig
-from colt_cls.trainer import ClassificationTrainer, evaluate_classifier, train_ticket
+from colt_cls.task import ClassificationTask, evaluate_classifier
+from colt_core.cli import make_trainer
 from colt_core.config import ConfigError, from_dict, load_config
 from colt_core.masks import ones_mask
 from colt_core.pruning import magnitude_prune, resolve_prune_groups
-from colt_core.rounds import TrainJob
-from colt_core.ticket import Ticket, TicketError, save_ticket
+from colt_core.rundir import RunDir, TrainingDir
+from colt_core.task import TrainJob
+from colt_core.ticket import Ticket, TicketError, load_ticket, save_ticket
+from colt_core.training import Trainer
+from colt_core.transfer import train_ticket
 from colt_core.weights import snapshot
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def make_trainer(run_config, root: Path, tmp_path: Path, **sections) -> ClassificationTrainer:
+def make_task(run_config, root: Path, tmp_path: Path, **sections) -> ClassificationTask:
     cfg = from_dict(ClsRunConfig, run_config(root, tmp_path / "run", **sections))
-    return ClassificationTrainer(cfg)
+    return ClassificationTask(cfg)
+
+
+def trainer_of(task: ClassificationTask, tmp_path: Path) -> Trainer:
+    return make_trainer(task, task.cfg, RunDir(tmp_path / "run"))
 
 
 def test_every_config_under_configs_loads_and_the_lth_twins_differ_only_in_pruning() -> None:
@@ -74,17 +84,17 @@ def test_config_defaults_are_the_paper_recipe_and_bad_values_name_their_key() ->
 
 def test_partition_datasets_remap_labels_and_hold_out_validation_from_training_data(
         run_config, cifar10_root: Path, tmp_path: Path) -> None:
-    trainer = make_trainer(run_config, cifar10_root, tmp_path)
-    labels = trainer.train_split.labels
-    assert not set(trainer.train_indices) & set(trainer.val_indices)
-    assert len(trainer.train_indices) + len(trainer.val_indices) == len(labels)
+    task = make_task(run_config, cifar10_root, tmp_path)
+    labels = task.train_split.labels
+    assert not set(task.train_indices) & set(task.val_indices)
+    assert len(task.train_indices) + len(task.val_indices) == len(labels)
     # Stratified: every class gives the same share (60 images per class, val_fraction 0.2).
-    assert np.bincount(labels[trainer.val_indices], minlength=10).tolist() == [12] * 10
+    assert np.bincount(labels[task.val_indices], minlength=10).tolist() == [12] * 10
 
     class_ids = [7, 2, 5]
-    train, val = trainer.datasets(class_ids)
-    assert train.num_classes == 3 and train.class_names == [trainer.class_names[c] for c in class_ids]
-    for dataset, pool in ((train, trainer.train_indices), (val, trainer.val_indices)):
+    train, val = task.datasets(class_ids)
+    assert train.num_classes == 3 and train.class_names == [task.class_names[c] for c in class_ids]
+    for dataset, pool in ((train, task.train_indices), (val, task.val_indices)):
         assert set(dataset.indices) <= set(pool)
         original = labels[dataset.indices]
         assert sorted(set(original.tolist())) == sorted(class_ids)
@@ -93,12 +103,14 @@ def test_partition_datasets_remap_labels_and_hold_out_validation_from_training_d
     image, label = train[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == train.labels[0]
 
-    full_train, full_val = trainer.datasets(None)
-    assert full_train.labels.tolist() == labels[trainer.train_indices].tolist()
-    assert len(full_val) == len(trainer.val_indices)
+    full_train, full_val = task.datasets(None)
+    assert full_train.labels.tolist() == labels[task.train_indices].tolist()
+    assert len(full_val) == len(task.val_indices)
 
-    dropped, dropped_val = trainer.datasets(None, non_iid_max_drop=0.5, data_seed=3)
-    again, _ = trainer.datasets(None, non_iid_max_drop=0.5, data_seed=3)
+    non_iid = TrainJob(round=0, partition=None, class_ids=None, model=nn.Identity(), mask={}, seed=0,
+                       files=TrainingDir(tmp_path), non_iid_max_drop=0.5, data_seed=3)
+    dropped, dropped_val = task.datasets(None, non_iid)
+    again, _ = task.datasets(None, non_iid)
     assert dropped.indices.tolist() == again.indices.tolist()
     assert set(dropped.indices) < set(full_train.indices) and len(dropped_val) == len(full_val)
     kept = np.bincount(dropped.labels, minlength=10)
@@ -121,13 +133,12 @@ def linear_weights(model: nn.Module) -> set[str]:
 def test_prune_groups_conv_at_conv_rate_hidden_linear_at_fc_rate_head_never(
         run_config, cifar10_root: Path, tmp_path: Path, name: str, kwargs: dict, head: str) -> None:
     width = {"width": 0.25} if not kwargs else {"width": None}
-    trainer = make_trainer(run_config, cifar10_root, tmp_path,
-                           model={"name": name, "kwargs": kwargs, **width})
-    assert trainer.output_layers == [head]
-    model = trainer.build_model(10)
+    task = make_task(run_config, cifar10_root, tmp_path, model={"name": name, "kwargs": kwargs, **width})
+    assert task.output_layers == [head]
+    model = task.build_model(10)
     rates = {"conv": 0.15, "fc": 0.2}
-    groups = {g.name: g for g in resolve_prune_groups(model, trainer.default_prune_groups, rates,
-                                                      trainer.output_layers)}
+    groups = {g.name: g for g in resolve_prune_groups(model, task.default_prune_groups, rates,
+                                                      task.output_layers)}
     assert set(groups["conv"].params) == conv_weights(model)
     assert set(groups["fc"].params) == linear_weights(model) - {f"{head}.weight"}
     assert bool(groups["fc"].params) == bool(kwargs)  # the paper's three models have no hidden linear layer
@@ -138,18 +149,20 @@ def test_prune_groups_conv_at_conv_rate_hidden_linear_at_fc_rate_head_never(
         total = sum(pruned[n].numel() for n in group.params)
         removed = sum(int((~pruned[n]).sum()) for n in group.params)
         assert removed == round(rates[group.name] * total)
-    assert trainer.architecture()["task"] == "classification"
+    assert task.architecture()["task"] == "classification"
 
 
 def test_masked_training_keeps_pruned_weights_zero_and_returns_late_rewind_weights(
         run_config, cifar10_root: Path, tmp_path: Path) -> None:
-    trainer = make_trainer(run_config, cifar10_root, tmp_path)
+    task = make_task(run_config, cifar10_root, tmp_path)
+    trainer = trainer_of(task, tmp_path)
     torch.manual_seed(0)
-    model = trainer.build_model(2)
+    model = task.build_model(2)
     init = snapshot(model)
     names = sorted(conv_weights(model))
     mask = {n: torch.rand(init[n].shape) > 0.5 for n in names}
-    job = TrainJob(round=0, partition=0, class_ids=[3, 8], model=model, mask=mask, seed=1, workdir=tmp_path,
+    files = TrainingDir(tmp_path / "p0")
+    job = TrainJob(round=0, partition=0, class_ids=[3, 8], model=model, mask=mask, seed=1, files=files,
                    rewind_iteration=1)
     out = trainer.train(job)
     for n in names:
@@ -158,8 +171,11 @@ def test_masked_training_keeps_pruned_weights_zero_and_returns_late_rewind_weigh
     assert out.rewind_state is not None
     assert all(torch.all(out.rewind_state[n][~mask[n]] == 0) for n in names)
     assert not torch.equal(out.rewind_state[names[0]], out.state_dict[names[0]])
-    assert out.metrics["data"]["classes"] == 2 and 0.0 <= out.metrics["val_accuracy"] <= 1.0
-    assert not (tmp_path / "train_state.pt").exists()
+    record = out.record
+    assert record.data["train"] == {"images": 96, "classes": 2} and record.data["val"]["images"] == 24
+    assert record.val_metrics["accuracy"] == record.history[record.best_epoch]["val_accuracy"]
+    assert record.best_val_loss == min(h["val_loss"] for h in record.history)
+    assert not files.checkpoint.exists() and files.data.is_file()
     job.rewind_iteration = 10_000
     with pytest.raises(ConfigError, match=r"prune\.rewind_iteration \(10000\) exceeds"):
         trainer.train(job)
@@ -196,12 +212,13 @@ def test_evaluate_classifier_counts_top1_top5_and_per_class() -> None:
 
 def test_train_ticket_starts_from_the_tickets_masked_init_with_a_fresh_head(
         run_config, cifar10_root: Path, tmp_path: Path) -> None:
-    trainer = make_trainer(run_config, cifar10_root, tmp_path)
+    task = make_task(run_config, cifar10_root, tmp_path)
+    trainer = trainer_of(task, tmp_path)
     torch.manual_seed(5)
-    source = trainer.build_model(4)  # a ticket found for 4 classes
+    source = task.build_model(4)  # a ticket found for 4 classes
     init = snapshot(source)
     mask = {n: torch.rand(init[n].shape) > 0.6 for n in sorted(conv_weights(source))}
-    save_ticket(Ticket(mask=mask, init=init, architecture=trainer.architecture()), tmp_path / "ticket.pt")
+    save_ticket(Ticket(mask=mask, init=init, architecture=task.architecture()), tmp_path / "ticket.pt")
     started: dict[str, torch.Tensor] = {}
     original_train = trainer.train
 
@@ -210,42 +227,45 @@ def test_train_ticket_starts_from_the_tickets_masked_init_with_a_fresh_head(
         return original_train(job)
 
     trainer.train = recording_train
-    metrics = train_ticket(trainer, tmp_path / "ticket.pt", tmp_path / "transfer", seed=0)
+    run = RunDir(tmp_path / "transfer")
+    evaluation = train_ticket(task, trainer, load_ticket(tmp_path / "ticket.pt"), tmp_path / "ticket.pt", run,
+                              seed=0)
     for key, value in init.items():
         if key.startswith("fc."):
             assert started[key].shape[0] == 10  # the dataset's head, not the ticket's 4-class one
         else:
             assert torch.equal(started[key], value * mask[key] if key in mask else value), key
-    trained = torch.load(tmp_path / "transfer" / "model.pt", weights_only=True)
+    trained = torch.load(run.training.model, weights_only=True)
     assert all(torch.all(trained[n][~m] == 0) for n, m in mask.items())
-    assert 0.0 <= metrics["value"] <= 1.0 and set(metrics["per_class"]) == set(trainer.class_names)
-    assert metrics["ticket"]["sparsity"] == pytest.approx(sum(int((~m).sum()) for m in mask.values())
-                                                          / sum(m.numel() for m in mask.values()))
+    assert set(evaluation.per_class) == set(task.class_names)
+    assert evaluation.get("ticket")["sparsity"] == pytest.approx(sum(int((~m).sum()) for m in mask.values())
+                                                                 / sum(m.numel() for m in mask.values()))
+    # Run again, the finished training is read back, not repeated.
+    trainer.train = lambda job: pytest.fail("a finished transfer was trained again")
+    again = train_ticket(task, trainer, load_ticket(tmp_path / "ticket.pt"), tmp_path / "ticket.pt", run, seed=0)
+    assert again.to_dict() == evaluation.to_dict()
 
     detection = Ticket(mask=mask, init=init, architecture={"task": "detection", "name": "fasterrcnn_vgg16"})
-    save_ticket(detection, tmp_path / "det.pt")
-    with pytest.raises(TicketError, match="detection ticket"):
-        train_ticket(trainer, tmp_path / "det.pt", tmp_path / "other", seed=0)
+    with pytest.raises(TicketError, match=r"a detection ticket .* cannot be trained by the classification"):
+        train_ticket(task, trainer, detection, tmp_path / "det.pt", RunDir(tmp_path / "other"), seed=0)
 
 
 def test_an_interrupted_training_resumes_to_the_same_weights(
         run_config, cifar10_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import colt_cls.trainer as trainer_module
-
-    trainer = make_trainer(run_config, cifar10_root, tmp_path, train={"epochs": 2})
+    task = make_task(run_config, cifar10_root, tmp_path, train={"epochs": 2})
+    trainer = trainer_of(task, tmp_path)
     torch.manual_seed(0)
-    init = snapshot(trainer.build_model(3))
+    init = snapshot(task.build_model(3))
     mask = {"features.4.weight": torch.rand(init["features.4.weight"].shape) > 0.3}
 
     def job(workdir: Path) -> TrainJob:
-        model = trainer.build_model(3)
+        model = task.build_model(3)
         model.load_state_dict(init)
         return TrainJob(round=0, partition=1, class_ids=[0, 4, 9], model=model, mask=mask, seed=7,
-                        workdir=workdir, data_seed=1)
+                        files=TrainingDir(workdir), data_seed=1)
 
-    (tmp_path / "straight").mkdir()
     straight = trainer.train(job(tmp_path / "straight"))
-    real_epoch, calls = trainer_module.train_one_epoch, []
+    real_epoch, calls = training_module.train_one_epoch, []
 
     def dies_in_the_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -253,12 +273,11 @@ def test_an_interrupted_training_resumes_to_the_same_weights(
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    (tmp_path / "killed").mkdir()
-    monkeypatch.setattr(trainer_module, "train_one_epoch", dies_in_the_second_epoch)
+    monkeypatch.setattr(training_module, "train_one_epoch", dies_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(job(tmp_path / "killed"))
     assert (tmp_path / "killed" / "train_state.pt").is_file()
-    monkeypatch.setattr(trainer_module, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(training_module, "train_one_epoch", real_epoch)
     resumed = trainer.train(job(tmp_path / "killed"))
     assert all(torch.equal(straight.state_dict[k], resumed.state_dict[k]) for k in straight.state_dict)
-    assert [h["loss"] for h in resumed.metrics["history"]] == [h["loss"] for h in straight.metrics["history"]]
+    assert resumed.record.history == straight.record.history

@@ -1,18 +1,27 @@
-"""Detector loops: one training epoch, the validation loss, prediction and box rescaling."""
+"""A detector under the engine's loops (training epochs, the validation loss, a resumed fit), prediction and
+box rescaling."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from colt_core.errors import TrainingDivergedError
+from colt_core.fit import fit
+from colt_core.masks import MaskKeeper
 from colt_core.optim import OptimizerConfig, ScheduleConfig, build_lr_scheduler, build_optimizer
-from colt_core.training import fit
-from colt_det.engine import evaluate_loss, predict, rescale_boxes, train_one_epoch
+from colt_core.training import train_one_epoch, validate
 from colt_det.model import build_vgg16_faster_rcnn
+from colt_det.predict import predict, rescale_boxes
+from colt_det.task import detector_loss
+
+DETECTOR = SimpleNamespace(loss=detector_loss)  # the part of the detection task the loops use
+CPU = torch.device("cpu")
 
 
 def tiny_model(seed: int = 0, **kwargs):
@@ -64,45 +73,39 @@ def loader(dataset: Dataset, *, shuffle: bool = False, batch_size: int = 2) -> D
 
 # --- loops ---
 
-def test_train_one_epoch_learns_and_calls_the_hooks_once_per_step():
+def _epochs(model, optimizer, data, epochs: int, *, keeper: MaskKeeper | None = None, grad_clip=None):
+    scheduler = build_lr_scheduler(optimizer, ScheduleConfig(name="constant"), epochs=epochs,
+                                   iters_per_epoch=len(data))
+    keeper = keeper or MaskKeeper(model, {}, optimizer)
+    return [train_one_epoch(model, DETECTOR, data, optimizer, device=CPU, scheduler=scheduler, keeper=keeper,
+                            grad_clip=grad_clip) for _ in range(epochs)]
+
+
+def test_a_detector_learns_under_the_engines_epoch_with_its_loss_terms_logged():
     model = tiny_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    data = loader(SquareDataset(4))
-    calls: list[str] = []
-    losses = []
-    for epoch in range(8):
-        metrics = train_one_epoch(model, optimizer, data, "cpu", progress=False, epoch=epoch,
-                                  before_step=lambda: calls.append("before"),
-                                  after_step=lambda: calls.append("after"))
-        losses.append(metrics["loss"])
+    history = _epochs(model, optimizer, loader(SquareDataset(4)), 8)
+    metrics = history[-1]
     assert set(metrics) == {"loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     assert metrics["loss"] == pytest.approx(sum(v for k, v in metrics.items() if k != "loss"))
-    assert calls == ["before", "after"] * (8 * 2)
+    losses = [h["loss"] for h in history]
     assert sum(losses[-2:]) / 2 < 0.6 * losses[0], losses
 
 
-def test_hooks_see_gradients_before_and_weights_after_the_step():
+def test_pruned_detector_weights_and_their_adam_moments_stay_zero():
     model = tiny_model()
     weight = model.backbone.body[0].weight
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    seen = {}
-
-    def before_step():
-        seen["grad"] = weight.grad is not None and bool(weight.grad.abs().sum() > 0)
-        with torch.no_grad():
-            weight.grad[0].zero_()  # what a mask does: the step leaves filter 0 untouched
-
-    def after_step():
-        with torch.no_grad():
-            weight[1].zero_()
-
+    mask = {"backbone.body.0.weight": torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5,
+            "roi_heads.box_head.fc6.weight": torch.zeros_like(model.roi_heads.box_head.fc6.weight, dtype=torch.bool)}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     start = weight.detach().clone()
-    train_one_epoch(model, optimizer, loader(SquareDataset(2)), "cpu", progress=False,
-                    before_step=before_step, after_step=after_step)
-    assert seen["grad"]
-    assert torch.equal(weight[0], start[0])
-    assert torch.count_nonzero(weight[1]) == 0
-    assert not torch.equal(weight[2], start[2])
+    _epochs(model, optimizer, loader(SquareDataset(2)), 2, keeper=MaskKeeper(model, mask, optimizer), grad_clip=1.0)
+    pruned = ~mask["backbone.body.0.weight"]
+    assert torch.count_nonzero(weight[pruned]) == 0 and not torch.equal(weight[~pruned], start[~pruned])
+    assert torch.count_nonzero(model.roi_heads.box_head.fc6.weight) == 0
+    for p, m in ((weight, pruned), (model.roi_heads.box_head.fc6.weight, slice(None))):
+        state = optimizer.state[p]
+        assert torch.count_nonzero(state["exp_avg"][m]) == 0 and torch.count_nonzero(state["exp_avg_sq"][m]) == 0
 
 
 def test_non_finite_loss_says_to_lower_the_learning_rate():
@@ -110,27 +113,25 @@ def test_non_finite_loss_says_to_lower_the_learning_rate():
     with torch.no_grad():
         model.roi_heads.box_head.fc6.weight.fill_(float("nan"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train_one_epoch(model, optimizer, loader(SquareDataset(2)), "cpu", progress=False)
-    with pytest.raises(ValueError, match="CUDA"):
-        train_one_epoch(model, optimizer, loader(SquareDataset(2)), "cpu", progress=False,
-                        scaler=torch.amp.GradScaler("cuda", enabled=False))
+    with pytest.raises(TrainingDivergedError, match=r"lower train\.optimizer\.lr"):
+        _epochs(model, optimizer, loader(SquareDataset(2)), 1)
 
 
-def test_evaluate_loss_is_deterministic_and_leaves_state_alone():
+def test_validation_loss_is_deterministic_and_leaves_state_alone():
     model = tiny_model(head_dropout=0.5)
     data = loader(SquareDataset(4))
     model.eval()
     rng_before = torch.get_rng_state()
-    first = evaluate_loss(model, data, "cpu")
+    first = validate(model, DETECTOR, data, device=CPU)
     assert torch.equal(torch.get_rng_state(), rng_before)
-    assert evaluate_loss(model, data, "cpu") == first
+    assert validate(model, DETECTOR, data, device=CPU) == first
     assert not model.training and not model.roi_heads.box_head.drop6.training
     model.train()
-    assert evaluate_loss(model, data, "cpu") == first  # dropout is off either way
+    assert validate(model, DETECTOR, data, device=CPU) == first  # dropout is off either way
     assert model.training and model.roi_heads.box_head.drop6.training
-    assert evaluate_loss(model, data, "cpu", seed=1) != first  # other RPN/RoI samples
-    assert math.isfinite(first) and first > 0
+    assert validate(model, DETECTOR, data, device=CPU, seed=1)["loss"] != first["loss"]  # other RPN/RoI samples
+    assert math.isfinite(first["loss"]) and first["loss"] > 0
+    assert first["loss"] == pytest.approx(sum(v for k, v in first.items() if k != "loss"))
 
 
 def test_rescale_boxes_maps_and_clips():
@@ -156,7 +157,7 @@ def test_predict_keeps_order_and_rescales_to_the_original_size():
     assert [image_id for image_id, _ in positions] == [0, 1, 2]
 
 
-# --- the loops under colt_core's fit, as the detection trainer runs them ---
+# --- the loops under colt_core's fit, as the engine runs them ---
 
 class Crash(RuntimeError):
     pass
@@ -168,17 +169,18 @@ def _fit_detector(checkpoint, *, model_seed: int = 0, crash_after_epoch: int | N
     optimizer = build_optimizer(model, OptimizerConfig(lr=1e-3))
     scheduler = build_lr_scheduler(optimizer, ScheduleConfig(warmup_epochs=1), epochs=2,
                                    iters_per_epoch=len(train_data))
+    keeper = MaskKeeper(model, {}, optimizer)
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        return train_one_epoch(model, optimizer, train_data, "cpu", lr_scheduler_per_iter=scheduler,
-                               progress=False, epoch=epoch)
+        return train_one_epoch(model, DETECTOR, train_data, optimizer, device=CPU, scheduler=scheduler,
+                               keeper=keeper)
 
     def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
         if epoch == crash_after_epoch:
             raise Crash("killed")
 
-    def val_loss() -> float:
-        return evaluate_loss(model, val_data, "cpu")
+    def val_loss() -> dict[str, float]:
+        return validate(model, DETECTOR, val_data, device=CPU)
 
     result = fit(model, epochs=2, train_epoch=train_epoch, val_loss=val_loss, optimizer=optimizer, seed=11,
                  scheduler=scheduler, checkpoint_path=checkpoint, on_epoch_end=on_epoch_end,
@@ -194,6 +196,8 @@ def test_detector_training_resumed_after_a_crash_ends_bit_identical(tmp_path):
     resumed, model = _fit_detector(tmp_path / "resumed.pt", model_seed=99)
     assert resumed.history == straight.history and len(straight.history) == 2
     assert (resumed.best_epoch, resumed.best_val_loss) == (straight.best_epoch, straight.best_val_loss)
+    assert set(straight.best_val_metrics) == {"loss_classifier", "loss_box_reg", "loss_objectness",
+                                              "loss_rpn_box_reg"}
     for name, value in straight.best_state.items():
         assert torch.equal(resumed.best_state[name], value), name
         assert torch.equal(model.state_dict()[name], value), name

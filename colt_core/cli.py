@@ -1,0 +1,101 @@
+"""What the command-line tools share: their run options, logging, one `Error:` line for a user's mistake,
+and the ticket search itself (a task, the engine's trainer and the round loop over a run directory)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from colt_core.config import load_config, to_dict
+from colt_core.distributed import DistContext, run_on_main
+from colt_core.errors import UserError
+from colt_core.report import ReportStyle, write_report
+from colt_core.rounds import RoundLoop, RunResult
+from colt_core.rundir import RunDir, prepare_run_dir
+from colt_core.settings import RunConfig
+from colt_core.task import Task
+from colt_core.training import Trainer
+
+C = TypeVar("C", bound=RunConfig)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def user_errors(run: RunDir | None = None) -> Iterator[None]:
+    """Turn a `UserError` into click's one `Error: ...` line and exit status 1, without a traceback.
+
+    With `run` (a run in progress) the line adds that the run directory keeps what finished.
+    """
+    try:
+        yield
+    except UserError as exc:
+        keeps = "" if run is None else (f" (the run directory {run.path} keeps what finished; fix the cause and "
+                                        "continue with --resume)")
+        raise click.ClickException(f"{exc}{keeps}") from None
+
+
+def run_options(command: F) -> F:
+    """The options every training tool takes: --cfg, --set, --out, --resume, --overwrite, -v."""
+    options = [
+        click.option("--cfg", "cfg_name", required=True, help="config path, or a file name under configs/"),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="override a config value (repeatable)"),
+        click.option("--out", type=click.Path(file_okay=False),
+                     help="run directory (default: the config's output_dir)"),
+        click.option("--resume", is_flag=True, help="continue the run in the output directory"),
+        click.option("--overwrite", is_flag=True, help="replace the run in the output directory"),
+        click.option("-v", "--verbose", is_flag=True, help="debug logging"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def configure_logging(verbose: bool, dist: DistContext | None) -> None:
+    rank = f"[rank {dist.rank}] " if dist is not None else ""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=f"%(asctime)s {rank}%(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def load_run_config(cls: type[C], cfg_name: str, overrides: Sequence[str], out: str | None,
+                    configs_dir: Path) -> C:
+    """The checked config, with `--out` applied."""
+    cfg = load_config(cls, cfg_name, overrides, configs_dir=configs_dir)
+    if out is not None:
+        cfg.output_dir = out
+    return cfg
+
+
+def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, dist: DistContext | None) -> RunDir:
+    """The run directory of `cfg`, created or reopened by rank 0 (see `prepare_run_dir`)."""
+    return run_on_main(dist, prepare_run_dir, cfg.output_dir, to_dict(cfg), resume=resume, overwrite=overwrite)
+
+
+def make_trainer(task: Task, cfg: RunConfig, run: RunDir) -> Trainer:
+    """The engine's trainer for a run: the config's train:/eval: sections, TensorBoard under the run."""
+    return Trainer(task, cfg.train, eval_batch_size=cfg.eval.batch_size,
+                   num_workers=cfg.data.num_workers, tensorboard=run.tensorboard_for)
+
+
+def find_ticket(task: Task, cfg: RunConfig, run: RunDir, style: ReportStyle,
+                dist: DistContext | None = None) -> RunResult:
+    """Run (or continue) the COLT/LTH rounds of `cfg` for `task` in `run`, rewriting the report as they end."""
+    names = list(task.class_names)
+
+    def on_update(summary: Any) -> None:
+        write_report(run, summary, names, style)
+
+    return RoundLoop(task, make_trainer(task, cfg, run), cfg.prune, cfg.split, seed=cfg.seed, run_dir=run,
+                     config_dict=to_dict(cfg), on_update=on_update, dist=dist).run()
+
+
+def ticket_line(result: RunResult) -> str:
+    """The line a training tool ends with: where the ticket is and how sparse it is."""
+    final = result.rounds[-1]
+    return (f"ticket: {result.run_dir.ticket}  sparsity {100 * final.sparsity:.2f}% of prunable weights "
+            f"(prune rate {100 * final.prune_rate:.2f}% of all parameters) after {final.round} round(s)")

@@ -1,0 +1,87 @@
+"""What a front end gives the engine: a `Task`, and the `TrainJob` the engine hands back to it.
+
+A task says only what differs between tasks: how to build a model for a label set, which data a partition
+trains and validates on, how a batch becomes a loss, and how a full-data model is scored on the test set.
+The engine (`colt_core.training`) does the training itself: loaders, optimizer and schedule, masks kept
+at zero, late rewinding, DDP, mixed precision, TensorBoard, model selection, resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from colt_core.distributed import DistContext
+from colt_core.masks import Mask
+from colt_core.rundir import TrainingDir, TrainingRecord
+
+
+@dataclass
+class TrainJob:
+    """One training the engine runs: which classes, under which mask, from which weights, where."""
+
+    round: int
+    partition: int | None  # None: a full-data training (ticket evaluation, LTH round, transfer)
+    class_ids: list[int] | None  # None: every class, labels as in the dataset
+    model: nn.Module  # built, rewound to θ0 (or late-rewind weights) and masked
+    mask: Mask
+    seed: int
+    files: TrainingDir  # where this training's working files, weights and metrics go
+    rewind_iteration: int = 0  # >0: also keep the weights after this many optimizer steps
+    non_iid_max_drop: float = 0.0  # >0: drop a seeded random share of each class's samples
+    data_seed: int = 0
+    dist: DistContext | None = None  # the ranks that train this job together; None: this process alone
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False  # mixed precision on `device`
+
+    @property
+    def tag(self) -> str:
+        part = "full" if self.partition is None else f"p{self.partition}"
+        return f"round_{self.round:02d}/{part}"
+
+
+@dataclass
+class TrainOutput:
+    """The selected (lowest validation loss) weights and how the training went."""
+
+    state_dict: dict[str, torch.Tensor]
+    record: TrainingRecord
+    rewind_state: dict[str, torch.Tensor] | None = None
+
+
+Batch = Any  # whatever the task's collate function makes of a list of samples: (inputs, targets)
+
+
+class Task(Protocol):
+    """A front end: its data, its models, its loss and its evaluation. Nothing of training."""
+
+    class_names: Sequence[str]
+    output_layers: Sequence[str]  # never pruned; rebuilt per label set
+    default_prune_groups: Mapping[str, Mapping[str, Sequence[str]]]  # colt_core.pruning specs by group
+    collate: Callable[[list[Any]], Batch] | None  # None: torch's default collate
+
+    def build_model(self, num_outputs: int) -> nn.Module:
+        """A freshly initialised model with `num_outputs` classes (seeded by the caller)."""
+
+    def architecture(self) -> dict[str, Any]:
+        """A JSON-able description of the architecture, stored in tickets (with a "task" key)."""
+
+    def datasets(self, class_ids: list[int] | None, job: TrainJob) -> tuple[Dataset, Dataset]:
+        """Training and validation sets of the job's classes, labels remapped to 0..len(class_ids)-1."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch (on the job's device), summed into the training loss; an entry named
+        "loss" is the total instead, and the others are metrics that are only logged (e.g. accuracy).
+
+        The engine calls it with the model in train mode to train and in eval mode (under no_grad) to
+        validate; a model that returns losses only in train mode switches itself here.
+        """
+
+    def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
+        """Test-set metrics of a full-data model on `job.device`: at least {"metric": name, "value": float},
+        usually "per_class" too; files it keeps go under `job.files.outputs`."""

@@ -1,0 +1,72 @@
+"""Training a given ticket on a task's full data and evaluating it (Morcos et al.'s ticket transfer).
+
+The ticket (mask + θ0, found on this or another dataset) goes into a model built for the task's label
+set: every weight but the freshly initialised output layer must match the ticket's names and shapes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from colt_core.distributed import DistContext, run_on_main
+from colt_core.io import atomic_save, atomic_write_json
+from colt_core.rundir import Evaluation, RunDir, read_evaluation, write_config
+from colt_core.runtime import derive_seed, seed_everything
+from colt_core.sparsity import sparsity_report
+from colt_core.task import Task, TrainJob
+from colt_core.ticket import Ticket, TicketError, check_ticket_fits
+from colt_core.training import Trainer
+from colt_core.weights import rewind
+
+
+def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str | Path, run_dir: RunDir, *,
+                 seed: int, config_dict: Mapping[str, Any] | None = None,
+                 dist: DistContext | None = None) -> Evaluation:
+    """Train `ticket` (read from `ticket_path`) on `task`'s full data and evaluate it; return the evaluation.
+
+    Writes config.yaml, model.pt and metrics.json into `run_dir` (an unfinished training resumes from its
+    checkpoint there; a finished one is read back). Under torchrun every rank trains data-parallel and
+    rank 0 alone writes and evaluates.
+    """
+    files = run_dir.training
+
+    def stored() -> Evaluation | None:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        if config_dict is not None:
+            write_config(run_dir.config, config_dict)
+        return read_evaluation(files) if files.metrics.is_file() else None
+
+    done = run_on_main(dist, stored)
+    if done is not None:
+        return done
+    seed_everything(derive_seed(seed, "head", "ticket"))
+    model = task.build_model(len(task.class_names))
+    expected, found = task.architecture().get("task"), ticket.architecture.get("task")
+    if found != expected:
+        name = ticket.architecture.get("name", "unknown architecture")
+        raise TicketError(f"{ticket_path}: a {found or 'untagged'} ticket ({name}) cannot be trained by the "
+                          f"{expected} front end; pass a ticket found with the same tool")
+    check_ticket_fits(ticket, model, task.output_layers, source=str(ticket_path))
+    rewind(model, ticket.init, ticket.mask, task.output_layers, keep_output=True)
+    job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask=ticket.mask,
+                   seed=derive_seed(seed, "ticket", "transfer"), files=files, data_seed=derive_seed(seed, "data"),
+                   dist=dist, device=trainer.device, amp=trainer.amp)
+    start = time.perf_counter()
+    out = trainer.train(job)
+    model.load_state_dict(out.state_dict)
+
+    def evaluate_and_write() -> Evaluation:
+        evaluation = Evaluation.from_task(task.evaluate(model.to(job.device), job))
+        sparsity = sparsity_report(ticket.mask, total_params=sum(p.numel() for p in model.parameters()))
+        evaluation.details["ticket"] = {"path": str(ticket_path), "architecture": ticket.architecture,
+                                        "meta": ticket.meta, "sparsity": sparsity["overall"]["sparsity"],
+                                        "prune_rate": sparsity["prune_rate"]["rate"]}
+        evaluation.training, evaluation.wall_time_s = out.record, time.perf_counter() - start
+        atomic_save(out.state_dict, files.model)
+        atomic_write_json(evaluation.to_dict(), files.metrics)
+        return evaluation
+
+    return run_on_main(dist, evaluate_and_write)

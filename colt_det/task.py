@@ -1,0 +1,140 @@
+"""The detection task: Faster R-CNN VGG16 on Pascal VOC partitions, scored by per-class VOC and COCO AP.
+
+An image belongs to partition i when it holds an object of group i; objects of other groups are dropped
+from its targets there. The validation images are a seeded image-level hold-out of the training images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from colt_core.config import ConfigError
+from colt_core.distributed import DistContext, run_on_main
+from colt_core.partition import non_iid_keep
+from colt_core.runtime import derive_seed
+from colt_core.task import TrainJob
+from colt_det.coco_eval import evaluate_coco
+from colt_det.config import DetRunConfig
+from colt_det.model import DETECTOR_OUTPUT_LAYERS, build_vgg16_faster_rcnn, prune_group_specs
+from colt_det.predict import detect, losses_in_eval_mode
+from colt_det.synthetic import ensure_synthetic_voc
+from colt_det.transforms import build_transforms
+from colt_det.voc import VOC_CLASSES, VOCDetectionDataset, VOCRecord, collate_detection, load_voc_records
+from colt_det.voc_eval import evaluate_voc, write_results_files
+
+
+def split_train_val(records: Sequence[VOCRecord], val_fraction: float, seed: int, *, keep_difficult: bool = False
+                    ) -> tuple[list[VOCRecord], list[VOCRecord]]:
+    """A seeded image-level hold-out of the training images for model selection (never the test set).
+
+    A share `val_fraction` of the images, drawn at random; then, so that every partition of classes can be
+    trained and validated on small datasets too, a class left without training images gets one back, and
+    a class held by two or more images but by no validation image gets one moved over (an image whose
+    classes all keep a training image). On a dataset the random draw already covers, nothing moves.
+    """
+    def classes(i: int) -> set[int]:
+        return {o.label for o in records[i].objects if keep_difficult or not o.difficult}
+
+    order = np.random.default_rng(seed).permutation(len(records)).tolist()
+    val = set(order[:max(1, round(val_fraction * len(records)))])
+    count = {"train": np.zeros(len(VOC_CLASSES), dtype=np.int64), "val": np.zeros(len(VOC_CLASSES), np.int64)}
+    for i in order:
+        count["val" if i in val else "train"][list(classes(i))] += 1
+
+    def move(i: int, to: str) -> None:
+        (val.add if to == "val" else val.discard)(i)
+        held = list(classes(i))
+        count[to][held] += 1
+        count["train" if to == "val" else "val"][held] -= 1
+
+    for c in np.flatnonzero((count["train"] == 0) & (count["val"] > 0)).tolist():
+        if count["train"][c] == 0:
+            move(next(i for i in order if i in val and c in classes(i)), "train")
+    for c in np.flatnonzero((count["val"] == 0) & (count["train"] > 1)).tolist():
+        for i in order:
+            held = classes(i)
+            if count["val"][c] == 0 and i not in val and c in held and all(count["train"][d] > 1 for d in held):
+                move(i, "val")
+                break
+    return ([r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val])
+
+
+def detector_loss(model: nn.Module, batch: tuple[list, list]) -> dict[str, torch.Tensor]:
+    """torchvision's loss dict of a batch; in eval mode (validation) the detector runs in `losses_in_eval_mode`."""
+    images, targets = batch
+    if model.training:
+        return model(images, targets)
+    with losses_in_eval_mode(model):
+        return model(images, targets)
+
+
+class DetectionTask:
+    """Faster R-CNN VGG16 detectors on Pascal VOC (or its synthetic twin)."""
+
+    class_names = VOC_CLASSES
+    output_layers = DETECTOR_OUTPUT_LAYERS
+    collate = staticmethod(collate_detection)
+
+    def __init__(self, cfg: DetRunConfig, dist: DistContext | None = None) -> None:
+        self.cfg = cfg
+        self.default_prune_groups = prune_group_specs()
+        data = cfg.data
+        if data.synthetic is not None:
+            # Rank 0 writes the synthetic data; the other ranks read it once it is complete.
+            run_on_main(dist, ensure_synthetic_voc, data.root, **asdict(data.synthetic))
+        records, self.bad_annotations = load_voc_records(data.root, data.train_sets,
+                                                         on_bad_annotation=data.on_bad_annotation)
+        self.train_records, self.val_records = split_train_val(records, data.val_fraction,
+                                                               derive_seed(cfg.seed, "val-split"),
+                                                               keep_difficult=data.keep_difficult)
+        self.test_records, _ = load_voc_records(data.root, data.test_sets, on_bad_annotation=data.on_bad_annotation)
+        aug = cfg.augment
+        self.train_transform = build_transforms(True, aug.size, hflip_p=aug.hflip, jitter=aug.jitter)
+        self.eval_transform = build_transforms(False, aug.size)
+
+    def build_model(self, num_outputs: int) -> nn.Module:
+        """A detector for `num_outputs` object classes (+1 background output)."""
+        try:
+            return build_vgg16_faster_rcnn(num_outputs + 1, **self.cfg.model.build_kwargs())
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"model: {exc}") from None
+
+    def architecture(self) -> dict[str, Any]:
+        return self.cfg.model.architecture()
+
+    def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None
+                 ) -> tuple[VOCDetectionDataset, VOCDetectionDataset]:
+        """Training and validation sets of one partition (all classes when `class_ids` is None)."""
+        train_records = self.train_records
+        if job is not None and job.non_iid_max_drop:
+            # Non-IID: each class loses its own random share of the images whose first object it labels.
+            first = [r.objects[0].label if r.objects else -1 for r in train_records]
+            train_records = [train_records[i] for i in non_iid_keep(first, job.data_seed, job.non_iid_max_drop)]
+        keep_difficult = self.cfg.data.keep_difficult
+        return (VOCDetectionDataset(train_records, self.train_transform, keep_difficult, class_ids),
+                VOCDetectionDataset(self.val_records, self.eval_transform, keep_difficult, class_ids))
+
+    def loss(self, model: nn.Module, batch: tuple[list, list]) -> dict[str, torch.Tensor]:
+        return detector_loss(model, batch)
+
+    def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
+        """Per-class AP of a full-data detector on the test set (VOC07, VOC12 and COCO-style); the detections
+        are kept as Pascal VOC results files."""
+        cfg = self.cfg
+        detections = detect(model, self.test_records, size=cfg.augment.size, device=job.device, amp=job.amp,
+                            batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                            progress=cfg.train.progress)
+        write_results_files(job.files.outputs, detections)
+        scores = {"voc07": evaluate_voc(detections, self.test_records, use_07_metric=True),
+                  "voc12": evaluate_voc(detections, self.test_records, use_07_metric=False)}
+        if cfg.eval.coco or cfg.eval.metric == "coco":
+            scores["coco"] = evaluate_coco(detections, self.test_records)
+        primary = scores[cfg.eval.metric]
+        return {"metric": f"{cfg.eval.metric} mAP", "value": primary["mAP"], "per_class": primary["per_class"],
+                "test_images": len(self.test_records), **scores}
