@@ -147,6 +147,17 @@ def test_ticket_found_on_cifar100_trains_on_cifar10_and_mismatched_architectures
     assert_one_line_error(other, "the ticket prunes 'features.0.weight', which this model does not have")
     missing = invoke(train_tool, "--cfg", target, "--ticket", tmp_path / "nope.pt", "--out", tmp_path / "x")
     assert_one_line_error(missing, "nope.pt: no such file")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(ticket_path.read_bytes()[:5000])  # a truncated copy
+    broken = invoke(train_tool, "--cfg", target, "--ticket", corrupt, "--out", tmp_path / "y")
+    assert_one_line_error(broken, "corrupt.pt: cannot be read as a PyTorch file", "pass a ticket.pt written by")
+    # The ticket is the user's own file: no advice to delete it, no torch paragraphs, nothing written.
+    assert "recompute" not in broken.output and "miniz" not in broken.output
+    assert len(broken.output.strip().splitlines()) == 1 and not (tmp_path / "y").exists()
+    not_a_ticket = tmp_path / "weights.pt"
+    torch.save(model, not_a_ticket)
+    assert_one_line_error(invoke(train_tool, "--cfg", target, "--ticket", not_a_ticket, "--out", tmp_path / "z"),
+                          "weights.pt: not a COLT ticket file", "pass a ticket.pt")
 
 
 def test_bad_datasets_and_configs_end_in_one_error_line(
