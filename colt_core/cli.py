@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from colt_core.config import load_config, to_dict
+from colt_core.config import from_dict, load_config, to_dict
 from colt_core.distributed import DistContext, run_on_main
 from colt_core.errors import UserError
 from colt_core.report import ReportStyle, write_report
@@ -72,8 +72,13 @@ def load_run_config(cls: type[C], cfg_name: str, overrides: Sequence[str], out: 
 
 
 def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, dist: DistContext | None) -> RunDir:
-    """The run directory of `cfg`, created or reopened by rank 0 (see `prepare_run_dir`)."""
-    return run_on_main(dist, prepare_run_dir, cfg.output_dir, to_dict(cfg), resume=resume, overwrite=overwrite)
+    """The run directory of `cfg`, created or reopened by rank 0 (see `prepare_run_dir`); a stored config
+    is completed with today's defaults before it is compared."""
+    def complete(stored: dict[str, Any]) -> dict[str, Any]:
+        return to_dict(from_dict(type(cfg), stored))
+
+    return run_on_main(dist, prepare_run_dir, cfg.output_dir, to_dict(cfg), resume=resume, overwrite=overwrite,
+                       complete=complete)
 
 
 def make_trainer(task: Task, cfg: RunConfig, run: RunDir) -> Trainer:

@@ -187,11 +187,17 @@ def config_differences(runs: Sequence[ComparedRun], ignore: Sequence[str] = IGNO
 
 # ----- tables ----------------------------------------------------------------------------------------
 def sparsity_levels(runs: Sequence[ComparedRun], levels: Sequence[float] = DEFAULT_LEVELS) -> list[float]:
-    """The given levels plus every sparsity a run's rounds reached (round 0's dense mask left out)."""
-    found = {float(x) for x in levels}
-    for run in runs:
-        found.update(r.sparsity for r in run.rounds if r.sparsity > 0)
-    return sorted(found)
+    """The given levels plus every sparsity a run's rounds reached (round 0's dense mask left out).
+
+    Levels that the tables would print alike (20% and a run's own 19.99997%) are one level, the lowest of
+    them, so that each run whose own sparsity it is counts as reaching it.
+    """
+    found = [float(x) for x in levels] + [r.sparsity for run in runs for r in run.rounds if r.sparsity > 0]
+    lowest: dict[str, float] = {}
+    for level in found:
+        shown = _pct(level)
+        lowest[shown] = min(level, lowest.get(shown, level))
+    return sorted(lowest.values())
 
 
 def rounds_to_sparsity(runs: Sequence[ComparedRun], levels: Sequence[float]) -> list[dict[str, Any]]:

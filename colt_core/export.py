@@ -465,34 +465,66 @@ def export_onnx(model: nn.Module, example_args: tuple[Any, ...], path: str | Pat
     return Path(path)
 
 
-def verify_onnx(path: str | Path, feeds: Mapping[str, np.ndarray],
-                expected: Sequence[np.ndarray]) -> dict[str, Any] | None:
-    """Run the ONNX file in onnxruntime when it is importable; the largest output difference to PyTorch's.
-
-    Returns None when onnxruntime is not installed (it is optional, not a dependency).
-    """
+def run_onnx(path: str | Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray] | None:
+    """The outputs of the ONNX file in onnxruntime, or None when onnxruntime is not installed (optional)."""
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, dict(feeds))
+    return [np.asarray(o) for o in session.run(None, dict(feeds))]
+
+
+def compare_outputs(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Element-wise comparison of ONNX outputs with PyTorch's (for models whose outputs have a fixed order)."""
     diffs = []
-    for got, want in zip(outputs, expected):
-        if np.shape(got) != np.shape(want):
+    for out, want in zip(got, expected):
+        if np.shape(out) != np.shape(want):
             diffs.append(math.inf)
         elif np.size(want):
-            diffs.append(float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)))))
+            diffs.append(float(np.max(np.abs(np.asarray(out, np.float64) - np.asarray(want, np.float64)))))
         else:
             diffs.append(0.0)
-    return {"outputs": len(outputs), "max_abs_diff": max(diffs, default=0.0),
-            "shapes": [list(np.shape(o)) for o in outputs]}
+    return {"outputs": len(got), "max_abs_diff": max(diffs, default=0.0), "shapes": [list(np.shape(o)) for o in got]}
+
+
+def verify_onnx(path: str | Path, feeds: Mapping[str, np.ndarray], expected: Sequence[np.ndarray], *,
+                atol: float = 1e-3) -> dict[str, Any] | None:
+    """Run the ONNX file and compare it with PyTorch element by element; None without onnxruntime.
+
+    Raises ExportError when an output differs by more than `atol`.
+    """
+    got = run_onnx(path, feeds)
+    if got is None:
+        return None
+    check = compare_outputs(got, expected)
+    if not check["max_abs_diff"] <= atol:
+        raise ExportError(f"{path}: onnxruntime's outputs differ from PyTorch's by up to {check['max_abs_diff']:.3g} "
+                          f"(tolerance {atol:g}); the ONNX export is wrong, do not use it")
+    return check
 
 
 __all__ = [
-    "SOURCES", "SPARSE_FORMAT", "ExportError", "ExportResult", "ExportTarget",
-    "SparseFormatError", "encode_sparse", "evaluated_rounds", "export_onnx", "export_run",
-    "load_round_ticket", "load_sparse", "load_sparse_mask", "masked_state_dict",
-    "read_ticket_header", "require_onnx", "save_sparse", "sparsity_markdown",
-    "trained_weights_path", "verify_onnx",
+    "SOURCES",
+    "SPARSE_FORMAT",
+    "ExportError",
+    "ExportResult",
+    "ExportTarget",
+    "SparseFormatError",
+    "compare_outputs",
+    "encode_sparse",
+    "evaluated_rounds",
+    "export_onnx",
+    "export_run",
+    "load_round_ticket",
+    "load_sparse",
+    "load_sparse_mask",
+    "masked_state_dict",
+    "read_ticket_header",
+    "require_onnx",
+    "run_onnx",
+    "save_sparse",
+    "sparsity_markdown",
+    "trained_weights_path",
+    "verify_onnx",
 ]

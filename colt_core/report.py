@@ -161,6 +161,20 @@ def plot_per_class(columns: Mapping[str, Mapping[str, float]], class_names: Sequ
     return Path(path)
 
 
+def test_set_note(summary: RunSummary) -> str | None:
+    """A warning line when the evaluations left test samples out (a task's `test_skipped` detail)."""
+    for record in summary.evaluated:
+        skipped = record.evaluation.get("test_skipped") if record.evaluation else None
+        if skipped and skipped.get("images"):
+            unread = skipped.get("images_without_readable_annotation", 0)
+            objects = f"{skipped.get('objects', 0)} objects" + (f", plus those of {unread} unreadable annotations"
+                                                               if unread else "")
+            return (f"**Test set shrunk:** {skipped['images']} test images with bad annotations ({objects}) were "
+                    f"left out (`on_bad_test_annotation: skip`); every metric here is on the remaining "
+                    f"{record.evaluation.get('test_images')} test images.")
+    return None
+
+
 # ----- the report ------------------------------------------------------------------------------------
 def write_report(run: RunDir, summary: RunSummary, class_names: Sequence[str], style: ReportStyle) -> Path:
     """Write report.md, rounds.csv/.json and the per-class CSV/JSON (and bar chart) of a run."""
@@ -170,6 +184,9 @@ def write_report(run: RunDir, summary: RunSummary, class_names: Sequence[str], s
     if style.note:
         parts += [style.note, ""]
     parts += [rounds_markdown(summary, style.extra_columns), ""]
+    skipped = test_set_note(summary)
+    if skipped:
+        parts += [skipped, ""]
     if columns and len(class_names) <= style.markdown_class_limit:
         parts += [f"## {style.per_class_title}", "",
                   per_class_markdown(columns, class_names, digits=style.digits, mean_row=style.mean_row), ""]

@@ -14,7 +14,7 @@ classes, and read and write what they store through the records below, so the la
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,8 +196,13 @@ def open_run(path: str | Path, *, needs: Sequence[str] = ("config", "init")) -> 
 
 
 def prepare_run_dir(path: str | Path, config: Mapping[str, Any], *, resume: bool, overwrite: bool,
-                    ignore_on_resume: Sequence[str] = ("output_dir",)) -> RunDir:
-    """Create the run directory, or reopen it for `--resume`; never overwrite without `--overwrite`."""
+                    ignore_on_resume: Sequence[str] = ("output_dir",),
+                    complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> RunDir:
+    """Create the run directory, or reopen it for `--resume`; never overwrite without `--overwrite`.
+
+    `complete(stored)` gives the stored config with today's defaults for settings it predates, so a run
+    written before a setting existed resumes as long as it used that setting's default.
+    """
     run = RunDir(Path(path))
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite exclude each other")
@@ -208,6 +213,12 @@ def prepare_run_dir(path: str | Path, config: Mapping[str, Any], *, resume: bool
         import yaml
 
         stored = yaml.safe_load(run.config.read_text())
+        if complete is not None and isinstance(stored, dict):
+            try:
+                stored = complete(stored)
+            except UserError as exc:
+                raise RunDirError(f"{run.config}: the stored config does not load ({exc}); resume it with the "
+                                  "version that wrote it, or start a new run with --out DIR / --overwrite") from None
         diff = _config_diff(stored, dict(config), ignore_on_resume)
         if diff:
             raise RunDirError(f"{run.path}: the config differs from the stored run's at {', '.join(diff[:5])}; "

@@ -84,4 +84,5 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
         """Test-set metrics of a full-data model on `job.device`: at least {"metric": name, "value": float},
-        usually "per_class" too; files it keeps go under `job.files.outputs`."""
+        usually "per_class" and "test_images" too, and "test_skipped" ({"images", "objects"}) when test samples
+        were left out, which the report then states; files it keeps go under `job.files.outputs`."""

@@ -296,8 +296,10 @@ class Trainer:
                             seed=derive_seed(job.seed, "val"), dist=ctx)
 
         def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
+            # The validation loss's own terms stay in the history and TensorBoard, out of the log line.
             log.info("%s epoch %d/%d: %s", job.tag, epoch + 1, cfg.epochs,
-                     ", ".join(f"{k} {v:.4f}" for k, v in stats.items() if k != "epoch"))
+                     ", ".join(f"{k} {v:.4f}" for k, v in stats.items()
+                               if k != "epoch" and not k.startswith("val_loss_")))
             if writer is not None:
                 for key, value in stats.items():
                     if key != "epoch":

@@ -36,7 +36,11 @@ class DataConfig(BaseDataConfig):
     test_sets: str = field("2007:test", help="test image sets for the reported mAP")
     keep_difficult: bool = field(False, help="train on difficult objects too (they are always ignored in evaluation)")
     on_bad_annotation: Literal["error", "skip"] = field(
-        "error", help="error: stop at a bad annotation; skip: leave it out with a warning and count it")
+        "error", help="training images with a bad annotation: error (stop, naming the file) or skip (leave the "
+                      "image out with a warning, counted)")
+    on_bad_test_annotation: Literal["error", "skip"] = field(
+        "error", help="test images with a bad annotation: error, or skip, which leaves them out of the reported "
+                      "metrics and says how many images and objects in report.md and metrics.json")
     synthetic: SyntheticConfig | None = field(None, help="generate this synthetic VOC under root when missing")
 
 

@@ -7,7 +7,8 @@ Parameter layout (what masks, ticket files and the backbone exporter rely on):
   24, 26, 28; no fifth max-pool). At ``width=1.0`` the ``backbone.body.`` entries, without that prefix,
   load into ``torchvision.models.vgg16().features`` with ``strict=True``. With ``norm="batch"`` the layout is
   ``vgg16_bn().features[:43]`` (conv, BatchNorm, ReLU); ``norm="group"`` puts GroupNorm at the same places.
-- ``rpn.head.conv.0.0.weight``, ``rpn.head.cls_logits.weight``, ``rpn.head.bbox_pred.weight``: the RPN.
+- ``rpn.head.conv.0.0.weight``: the RPN's 3x3 conv; ``rpn.head.cls_logits`` / ``.bbox_pred``: its 1x1
+  objectness and box outputs (never pruned).
 - ``roi_heads.box_head.fc6.weight``, ``roi_heads.box_head.fc7.weight``: VGG's fc6/fc7.
 - ``roi_heads.box_predictor.cls_score`` / ``.bbox_pred``: the output layer (never pruned).
 """
@@ -30,13 +31,13 @@ from torchvision.ops import MultiScaleRoIAlign, RoIPool
 BACKBONE_PREFIX = "backbone.body."
 DETECTOR_OUTPUT_LAYERS = ("roi_heads.box_predictor",)
 
-# Prune groups as anchored regexes over parameter names: backbone and RPN convolutions share the conv
-# rate (the RPN's 1x1 cls_logits/bbox_pred convs included), fc6/fc7 the FC rate; biases and the box
-# predictor match neither.
+# Prune groups as anchored regexes over parameter names: the backbone convolutions and the RPN's 3x3 conv
+# share the conv rate, fc6/fc7 the FC rate. A head's class and box outputs are never pruned: the box
+# predictor, and the RPN's 1x1 objectness (cls_logits) and box (bbox_pred) convs, which match neither;
+# nor are biases and norm layers.
 CONV_PRUNE_PATTERNS = (
     r"^backbone\.body\.\d+\.weight$",
     r"^rpn\.head\.conv\.\d+\.\d+\.weight$",
-    r"^rpn\.head\.(cls_logits|bbox_pred)\.weight$",
 )
 FC_PRUNE_PATTERNS = (r"^roi_heads\.box_head\.fc[67]\.weight$",)
 

@@ -93,7 +93,8 @@ class DetectionTask:
         self.train_records, self.val_records = split_train_val(records, data.val_fraction,
                                                                derive_seed(cfg.seed, "val-split"),
                                                                keep_difficult=data.keep_difficult)
-        self.test_records, _ = load_voc_records(data.root, data.test_sets, on_bad_annotation=data.on_bad_annotation)
+        self.test_records, self.test_skipped = load_voc_records(data.root, data.test_sets,
+                                                                on_bad_annotation=data.on_bad_test_annotation)
         aug = cfg.augment
         self.train_transform = build_transforms(True, aug.size, hflip_p=aug.hflip, jitter=aug.jitter)
         self.eval_transform = build_transforms(False, aug.size)
@@ -136,5 +137,6 @@ class DetectionTask:
         if cfg.eval.coco or cfg.eval.metric == "coco":
             scores["coco"] = evaluate_coco(detections, self.test_records)
         primary = scores[cfg.eval.metric]
+        skipped = {"test_skipped": self.test_skipped.as_dict()} if self.test_skipped.num_skipped else {}
         return {"metric": f"{cfg.eval.metric} mAP", "value": primary["mAP"], "per_class": primary["per_class"],
-                "test_images": len(self.test_records), **scores}
+                "test_images": len(self.test_records), **skipped, **scores}

@@ -90,13 +90,16 @@ class BadAnnotationStats:
     skipped_image_ids: list[str] = field(default_factory=list)
     by_problem: Counter[str] = field(default_factory=Counter)
     messages: list[str] = field(default_factory=list)
+    skipped_objects: int = 0  # objects annotated in the skipped images (where their XML could be read)
+    unreadable: int = 0  # skipped images whose XML could not be read at all, so their objects are not counted
 
     @property
     def num_skipped(self) -> int:
         return len(self.skipped_image_ids)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"skipped_images": self.num_skipped, "by_problem": dict(self.by_problem)}
+        return {"images": self.num_skipped, "objects": self.skipped_objects,
+                "images_without_readable_annotation": self.unreadable, "by_problem": dict(self.by_problem)}
 
 
 def voc_to_xyxy(box: Sequence[float]) -> Box:
@@ -325,6 +328,9 @@ def load_voc_records(
                 if on_bad_annotation == "error":
                     raise
                 logger.warning("skipping image %s: %s", image_id, exc)
+                objects = _count_objects(year_dir / "Annotations" / f"{image_id}.xml")
+                stats.skipped_objects += objects or 0
+                stats.unreadable += objects is None
                 stats.skipped_image_ids.append(image_id)
                 stats.by_problem[exc.problem or "other"] += 1
                 stats.messages.append(str(exc))
@@ -335,6 +341,14 @@ def load_voc_records(
             "skipped %d image(s) with bad annotations: %s", stats.num_skipped, dict(stats.by_problem)
         )
     return records, stats
+
+
+def _count_objects(path: Path) -> int | None:
+    """How many objects an annotation file lists, or None when it cannot be read as XML."""
+    try:
+        return len(ET.parse(path).getroot().findall("object"))
+    except (OSError, ET.ParseError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------

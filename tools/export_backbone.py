@@ -99,6 +99,10 @@ def export_onnx_file(result: ExportResult, architecture: Mapping[str, Any], size
     result.sizes["onnx"] = path.stat().st_size
     if check is None:
         return f"{path} (not run: onnxruntime is not installed)"
+    if "detections" in check:
+        return (f"{path} (onnxruntime: {check['matched']} of {check['detections']} detections matched to "
+                f"PyTorch's by label, largest box difference {check['max_box_diff']:.2e} px, largest score "
+                f"difference {check['max_score_diff']:.2e})")
     return (f"{path} (onnxruntime: {check['outputs']} outputs, largest difference to PyTorch "
             f"{check['max_abs_diff']:.2e})")
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from colt_core import cli  # noqa: E402
 from colt_core.distributed import distributed_session  # noqa: E402
-from colt_core.report import per_class_columns, per_class_markdown  # noqa: E402
+from colt_core.report import per_class_columns, per_class_markdown, test_set_note  # noqa: E402
 from colt_det.config import DetRunConfig  # noqa: E402
 from colt_det.report import REPORT  # noqa: E402
 
@@ -46,6 +46,9 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
     if columns:
         table = per_class_markdown(columns, task.class_names, digits=REPORT.digits, mean_row=REPORT.mean_row)
         click.echo(f"per-class AP (%), {cfg.eval.metric}:\n{table}")
+    note = test_set_note(result.summary)
+    if note:
+        click.echo(note)
     click.echo(f"report: {run.report}")
 
 

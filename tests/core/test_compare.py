@@ -20,6 +20,9 @@ from colt_core.compare import (
     matching_tickets,
     read_run,
     read_runs,
+    rounds_to_sparsity,
+    rounds_to_sparsity_markdown,
+    sparsity_levels,
     write_comparison,
 )
 from colt_core.config import to_dict
@@ -185,12 +188,12 @@ def test_labels_and_errors(runs, tmp_path):
 
 def _round(r: int, sparsity: float, per_class: dict | None = None) -> ComparedRound:
     return ComparedRound(round=r, sparsity=sparsity, prune_rate=sparsity, total_params=100, search_time_s=1.0,
-                       eval_time_s=0.0, metric="m", value=0.5, per_class=per_class or {"a": 0.5})
+                         eval_time_s=0.0, metric="m", value=0.5, per_class=per_class or {"a": 0.5})
 
 
 def _run(label: str, rounds: list[ComparedRound]) -> ComparedRun:
     return ComparedRun(path=Path(label), label=label, method="colt", partitions=2, config={}, rounds=rounds,
-                     finished=True, architecture=None, class_names=["a"])
+                       finished=True, architecture=None, class_names=["a"])
 
 
 def test_matching_tickets_pick_the_highest_sparsity_every_run_evaluated():
@@ -202,3 +205,16 @@ def test_matching_tickets_pick_the_highest_sparsity_every_run_evaluated():
     unevaluated = _run("none", [_round(0, 0.0)])
     dense, tickets = matching_tickets([unevaluated])
     assert dense is not None and tickets == []
+
+
+def test_a_level_a_run_reaches_exactly_is_listed_once():
+    # LTH's first round prunes round(0.2 x n) of n weights: 20% as printed, a hair off as a float.
+    lth = _run("LTH", [_round(0, 0.0), _round(1, 0.19999997), _round(2, 0.36)])
+    colt = _run("COLT", [_round(0, 0.0), _round(1, 0.2000004), _round(2, 0.5)])
+    levels = sparsity_levels([lth, colt], (0.2, 0.4))
+    assert levels == [0.19999997, 0.36, 0.4, 0.5]
+    rows = rounds_to_sparsity([lth, colt], levels)
+    assert [(row["run"], row["rounds"]) for row in rows if row["level"] == levels[0]] == [("LTH", 1), ("COLT", 1)]
+    table = rounds_to_sparsity_markdown([lth, colt], rows)
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["20.00%", "36.00%", "40.00%",
+                                                                            "50.00%"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from colt_core.io import atomic_write_json
 from colt_core.rundir import (
@@ -92,3 +93,29 @@ def test_the_layout_names_every_file_once(tmp_path: Path):
         run.round(r).mask.write_bytes(b"")
     (run.path / "round_x").mkdir()
     assert run.rounds() == [0, 2] and not run.is_finished()
+
+
+def test_a_run_written_before_a_setting_existed_resumes_when_it_used_that_settings_default(tmp_path: Path):
+    from colt_core.config import from_dict, to_dict
+    from colt_core.rundir import prepare_run_dir
+    from colt_core.settings import RunConfig
+
+    cfg = RunConfig()
+    current = to_dict(cfg)
+
+    def complete(stored: dict) -> dict:
+        return to_dict(from_dict(RunConfig, stored))
+
+    run = prepare_run_dir(tmp_path / "run", current, resume=False, overwrite=False)
+    older = json.loads(json.dumps(current))
+    del older["train"]["grad_clip"], older["data"]["num_workers"]  # settings this run predates
+    run.config.write_text(yaml.safe_dump(older))
+    with pytest.raises(RunDirError, match=r"differs from the stored run's at data\.num_workers;"):
+        prepare_run_dir(run.path, current, resume=True, overwrite=False)  # compared as written: 2 vs absent
+    assert prepare_run_dir(run.path, current, resume=True, overwrite=False, complete=complete) == run
+    other = to_dict(RunConfig(seed=5))
+    with pytest.raises(RunDirError, match="differs from the stored run's at seed"):
+        prepare_run_dir(run.path, other, resume=True, overwrite=False, complete=complete)
+    run.config.write_text(yaml.safe_dump({**older, "colour": "red"}))
+    with pytest.raises(RunDirError, match=r"config\.yaml: the stored config does not load \(colour: unknown key"):
+        prepare_run_dir(run.path, current, resume=True, overwrite=False, complete=complete)

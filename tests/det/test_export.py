@@ -4,6 +4,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from colt_core.config import to_dict
 from colt_core.export import (
     ExportError,
+    compare_outputs,
     export_run,
     load_sparse,
     load_sparse_mask,
@@ -26,10 +28,14 @@ from colt_core.ticket import load_ticket, save_ticket
 from colt_core.weights import snapshot
 from colt_det.config import DataConfig, DetRunConfig, ModelConfig
 from colt_det.export import (
+    ONNX_OUTPUTS,
     architecture_from_config,
     backbone_key,
     build_detector,
+    check_detections,
     detection_export_target,
+    export_detector_onnx,
+    match_detections,
 )
 from colt_det.model import BACKBONE_PREFIX, prune_group_specs
 from colt_det.voc import VOC_CLASSES
@@ -212,14 +218,71 @@ def test_export_tool_errors(detection_runs, tmp_path):
                                      [_conv_group(mask, report)])
     assert not (tmp_path / "x").exists()
 
-    has_onnx = importlib.util.find_spec("onnx") is not None
     result = CliRunner().invoke(main, [str(colt), "--out", str(tmp_path / "onnx"), "--onnx"])
-    if has_onnx:
-        assert result.exit_code == 0, result.output
-        assert (tmp_path / "onnx" / "detector.onnx").stat().st_size > 0
-    else:
-        assert result.exit_code == 1 and "pip install onnx" in result.output
-        assert not (tmp_path / "onnx").exists()
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "onnx" / "detector.onnx").stat().st_size > 0
+    assert "detections matched to PyTorch's by label" in result.output
+
+
+def test_onnx_export_without_the_onnx_package_says_how_to_get_it(detection_runs, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    result = CliRunner().invoke(tool("export_backbone"), [str(detection_runs[0]), "--out", str(tmp_path / "o"),
+                                                          "--onnx"])
+    assert result.exit_code == 1 and "pip install onnx" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+TIED = {"boxes": np.array([[10, 10, 40, 40], [12, 8, 50, 44], [0, 0, 20, 30], [5, 5, 60, 60], [30, 2, 62, 20],
+                           [1, 40, 30, 63]], dtype=np.float32),
+        "labels": np.array([1, 1, 2, 1, 2, 3]), "scores": np.array([0.9, 0.9, 0.9, 0.5, 0.5, 0.2], dtype=np.float32)}
+
+
+def test_onnx_detections_are_matched_as_detections_not_compared_in_order():
+    order = [2, 0, 1, 4, 3, 5]  # the tied detections in another order, as onnxruntime may list them
+    got = {k: v[order] for k, v in TIED.items()}
+    got["boxes"] = got["boxes"] + np.float32(4e-5)
+    elementwise = compare_outputs([got[k] for k in ONNX_OUTPUTS], [TIED[k] for k in ONNX_OUTPUTS])
+    assert elementwise["max_abs_diff"] > 10  # the element-wise check's false alarm
+    check = match_detections(got, TIED)
+    assert (check["matched"], check["unmatched"], check["max_score_diff"]) == (6, 0, 0.0)
+    assert check["max_box_diff"] == pytest.approx(4e-5, rel=0.05)
+    check_detections(check, "x.onnx")  # a correct export passes
+
+    shifted = {**got, "boxes": got["boxes"] + np.array([[0, 0, 0, 0]] * 3 + [[3, 0, 3, 0]] + [[0, 0, 0, 0]] * 2)}
+    with pytest.raises(ExportError, match=r"x\.onnx: onnxruntime's detections differ from PyTorch's .*\(1 of "
+                                          r"PyTorch's 6 and 1 of onnxruntime's 6 detections have no counterpart "
+                                          r"of the same label within 0\.05 px"):
+        check_detections(match_detections(shifted, TIED), "x.onnx")
+    middle = {k: np.delete(v, 1, axis=0) for k, v in got.items()}  # a 0.9 detection missing
+    with pytest.raises(ExportError, match="1 of PyTorch's 6 and 0 of onnxruntime's 5 detections have no"):
+        check_detections(match_detections(middle, TIED), "x.onnx")
+    relabelled = {**got, "labels": np.array([3, 1, 1, 2, 1, 3])}  # a 0.9 detection of class 2 now says 3
+    with pytest.raises(ExportError, match="onnxruntime's detections differ"):
+        check_detections(match_detections(relabelled, TIED), "x.onnx")
+    rescored = {**got, "scores": got["scores"] + np.float32(0.01)}
+    with pytest.raises(ExportError, match=r"within 0\.05 px and 0\.001 of score"):
+        check_detections(match_detections(rescored, TIED), "x.onnx")
+    # At the low end a last-bit score difference decides what the score threshold keeps: tolerated.
+    tail = {k: v[:-1] for k, v in got.items()}
+    assert match_detections(tail, TIED)["unmatched_beyond_the_low_end"] == 0
+
+
+def test_onnx_export_of_a_detector_with_tied_scores_passes_the_check(tmp_path):
+    torch.manual_seed(0)
+    # Few proposals and a high cap: every detection is kept, so both lists hold the same ones.
+    model = build_detector({**architecture_from_config(to_dict(DetRunConfig(model=ModelConfig(**TINY_MODEL)))),
+                            "box_score_thresh": 0.01, "rpn_post_nms_top_n_test": 8, "box_detections_per_img": 400})
+    predictor = model.roi_heads.box_predictor
+    with torch.no_grad():  # every class scores 1/21 and every box is its proposal: ties everywhere
+        for layer in (predictor.cls_score, predictor.bbox_pred):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    _, check = export_detector_onnx(model, tmp_path / "tied.onnx", 64)
+    with torch.no_grad():
+        scores = model.eval()([torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))])[0]["scores"]
+    assert len(scores) > 10 and len(set(scores.tolist())) < len(scores) / 2  # mostly tied
+    assert check["matched"] == check["detections"] == len(scores) and check["max_box_diff"] < 1e-2
 
 
 def _conv_group(mask, report):

@@ -108,15 +108,15 @@ def test_minimum_width_keeps_four_channels():
     assert {model.backbone.body[i].out_channels for i in VGG16_CONV_INDICES} == {4}
 
 
-def test_prune_groups_cover_backbone_and_rpn_convs_and_fc6_fc7():
+def test_prune_groups_cover_backbone_and_rpn_convs_and_fc6_fc7_but_no_head_output():
     model = tiny_model()
     groups = prune_groups(model)
     assert set(groups) == {"conv", "fc"}
-    assert groups["conv"] == [f"backbone.body.{i}.weight" for i in VGG16_CONV_INDICES] + [
-        "rpn.head.conv.0.0.weight", "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"]
+    assert groups["conv"] == [f"backbone.body.{i}.weight" for i in VGG16_CONV_INDICES] + ["rpn.head.conv.0.0.weight"]
     assert groups["fc"] == ["roi_heads.box_head.fc6.weight", "roi_heads.box_head.fc7.weight"]
     every_conv = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    assert set(groups["conv"]) == every_conv
+    # The RPN's objectness and box outputs are a head's outputs, like the box predictor: never pruned.
+    assert every_conv - set(groups["conv"]) == {"rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"}
     selected = groups["conv"] + groups["fc"]
     assert not any(name.startswith(DETECTOR_OUTPUT_LAYERS) or name.endswith(".bias") for name in selected)
     assert DETECTOR_OUTPUT_LAYERS == ("roi_heads.box_predictor",)
@@ -150,7 +150,7 @@ def test_norm_layers_are_never_pruned_and_the_model_trains(norm):
     model = tiny_model(norm=norm)
     groups = prune_groups(model)
     assert groups["conv"] == [f"backbone.body.{i}.weight" for i in VGG16_BN_CONV_INDICES] + [
-        "rpn.head.conv.0.0.weight", "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"]
+        "rpn.head.conv.0.0.weight"]
     assert groups["fc"] == ["roi_heads.box_head.fc6.weight", "roi_heads.box_head.fc7.weight"]
     images, targets = square_images()
     model.train()
@@ -311,6 +311,17 @@ def full_model():
 def test_full_width_parameter_count(full_model):
     assert EXPECTED_FULL_PARAMETERS == 137_073_622
     assert sum(p.numel() for p in full_model.parameters()) == EXPECTED_FULL_PARAMETERS
+
+
+def test_full_width_prune_groups_count_every_prunable_weight(full_model):
+    resolved = resolve_prune_groups(full_model, prune_group_specs(), {"conv": 0.15, "fc": 0.2},
+                                    DETECTOR_OUTPUT_LAYERS)
+    params = dict(full_model.named_parameters())
+    counts = {g.name: sum(params[n].numel() for n in g.params) for g in resolved}
+    vgg16_conv_weights = 14_714_688 - 4_224  # vgg16().features without its 13 biases
+    rpn_conv = 512 * 512 * 9  # the RPN's 3x3 conv; its 1x1 objectness (4,608) and box (18,432) outputs are out
+    assert counts == {"conv": vgg16_conv_weights + rpn_conv, "fc": 512 * 7 * 7 * 4096 + 4096 * 4096}
+    assert counts == {"conv": 17_069_760, "fc": 119_537_664}
 
 
 def test_full_width_backbone_loads_into_torchvision_vgg16_strictly(full_model):

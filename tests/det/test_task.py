@@ -100,3 +100,26 @@ def test_hold_out_is_seeded(synthetic_voc, fraction):
     first = [r.image_id for r in split_train_val(records, fraction, 5)[1]]
     assert first == [r.image_id for r in split_train_val(records, fraction, 5)[1]]
     assert first != [r.image_id for r in split_train_val(records, fraction, 6)[1]]
+
+
+def test_bad_test_annotations_stop_the_run_unless_skipped_and_then_the_report_says_so(tmp_path, write_devkit):
+    pair = [("cat", (1, 1, 30, 30), False), ("dog", (20, 10, 60, 40), False)]
+    images = {f"{i:03d}": pair for i in range(12)}
+    root = write_devkit(images, {"trainval": sorted(images)[:8], "test": sorted(images)[8:]}, size=(64, 64))
+    broken = root / "VOCdevkit" / "VOC2007" / "Annotations" / "011.xml"
+    broken.write_text(broken.read_text().replace("<name>dog</name>", "<name>unicorn</name>"))
+    base = [f"data.root={root}", "data.synthetic=null", "split.groups=[[7], "
+            f"{[c for c in range(20) if c != 7]}]", "prune.evaluate=first_last"]
+    # Skipping bad training annotations is not a licence to shrink the test set.
+    refused = run_tool(tmp_path / "a", *base, "data.on_bad_annotation=skip")
+    errors = [line for line in refused.output.splitlines() if line.startswith("Error: ")]
+    assert refused.exit_code == 1 and len(errors) == 1 and "011.xml" in errors[0] and "unicorn" in errors[0]
+    skipped = run_tool(tmp_path / "b", *base, "data.on_bad_test_annotation=skip")
+    assert skipped.exit_code == 0, skipped.output
+    run = tmp_path / "b" / "run"
+    metrics = json.loads((run / "round_00" / "eval" / "metrics.json").read_text())
+    assert metrics["test_images"] == 3
+    assert metrics["test_skipped"] == {"images": 1, "objects": 2, "images_without_readable_annotation": 0,
+                                       "by_problem": {"unknown_class": 1}}
+    note = "**Test set shrunk:** 1 test images with bad annotations (2 objects) were left out"
+    assert note in (run / "report.md").read_text() and note in skipped.output

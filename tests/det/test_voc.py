@@ -153,7 +153,10 @@ def test_skip_mode_drops_the_image_counts_and_warns(write_devkit, caplog, proble
     assert stats.skipped_image_ids == ["000002"]
     expected_problem = "malformed_xml" if problem == "malformed_number" else problem
     assert stats.by_problem == {expected_problem: 1}
-    assert stats.as_dict() == {"skipped_images": 1, "by_problem": {expected_problem: 1}}
+    unreadable = problem in ("missing_xml", "malformed_xml")
+    objects = {"missing_xml": 0, "malformed_xml": 0, "malformed_number": 1, "missing_image": 2}.get(problem, 1)
+    assert stats.as_dict() == {"images": 1, "objects": objects, "images_without_readable_annotation": int(unreadable),
+                               "by_problem": {expected_problem: 1}}
     assert any(str(path) in rec.getMessage() for rec in caplog.records)
 
 
