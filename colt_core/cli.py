@@ -88,12 +88,12 @@ def make_trainer(task: Task, cfg: RunConfig, run: RunDir) -> Trainer:
 
 
 def find_ticket(task: Task, cfg: RunConfig, run: RunDir, style: ReportStyle,
-                dist: DistContext | None = None) -> RunResult:
+                dist: DistContext | None = None, notes: Sequence[str] = ()) -> RunResult:
     """Run (or continue) the COLT/LTH rounds of `cfg` for `task` in `run`, rewriting the report as they end."""
     names = list(task.class_names)
 
     def on_update(summary: Any) -> None:
-        write_report(run, summary, names, style)
+        write_report(run, summary, names, style, notes)
 
     return RoundLoop(task, make_trainer(task, cfg, run), cfg.prune, cfg.split, seed=cfg.seed, run_dir=run,
                      config_dict=to_dict(cfg), on_update=on_update, dist=dist).run()

@@ -176,11 +176,16 @@ def test_set_note(summary: RunSummary) -> str | None:
 
 
 # ----- the report ------------------------------------------------------------------------------------
-def write_report(run: RunDir, summary: RunSummary, class_names: Sequence[str], style: ReportStyle) -> Path:
-    """Write report.md, rounds.csv/.json and the per-class CSV/JSON (and bar chart) of a run."""
+def write_report(run: RunDir, summary: RunSummary, class_names: Sequence[str], style: ReportStyle,
+                 notes: Sequence[str] = ()) -> Path:
+    """Write report.md, rounds.csv/.json and the per-class CSV/JSON (and bar chart) of a run; `notes` are
+    lines under the title (e.g. the weights the run started from)."""
     columns = per_class_columns(summary)
     extra = list(style.extra_columns)
-    parts = [f"# {style.title}: {summary.label}", "", "## Rounds", ""]
+    parts = [f"# {style.title}: {summary.label}", ""]
+    for note in notes:
+        parts += [note, ""]
+    parts += ["## Rounds", ""]
     if style.note:
         parts += [style.note, ""]
     parts += [rounds_markdown(summary, style.extra_columns), ""]

@@ -69,10 +69,25 @@ class ModelConfig:
     box_score_thresh: float = field(0.0, help="drop detections scoring below this", check=closed_interval(0, 1))
     box_detections_per_img: int = field(100, help="detections kept per image", check=at_least(1))
     init: Literal["xavier", "torchvision"] = field("xavier", help="weight initialisation")
-    pretrained_backbone: str | None = field(None, help="local torchvision vgg16 state_dict file (never downloaded)")
+    pretrained_backbone: str | None = field(
+        None, help="imagenet: torchvision's VGG16_Weights.IMAGENET1K_V1 (VGG16_BN_Weights for norm batch) "
+                   "through its weights API and torch.hub's cache; null or none: train from scratch; or the "
+                   "path of a local torchvision-format vgg16/vgg16_bn state_dict")
+    pretrained_sha256: str | None = field(
+        None, help="SHA-256 of the pretrained weights file: filled in by the run (so --resume refuses other "
+                   "weights); set it to pin the file")
 
-    def build_kwargs(self, *, pretrained: bool = True) -> dict[str, Any]:
-        """Keyword arguments of `build_vgg16_faster_rcnn` for this config (one place, so every builder agrees)."""
+    def validate(self) -> list[tuple[str, str]]:
+        if self.pretrained_backbone == "imagenet" and self.norm == "group":
+            return [("pretrained_backbone", "torchvision has no ImageNet VGG16 with GroupNorm; use norm none or "
+                                            "batch, or a local file")]
+        if self.pretrained_backbone == "imagenet" and self.width != 1.0:
+            return [("pretrained_backbone", f"ImageNet VGG16 weights need width 1.0, got {self.width}")]
+        return []
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `build_vgg16_faster_rcnn` that shape the detector (one place, so every builder
+        agrees); the pretrained weights are the task's (`colt_det.pretrained`)."""
         return dict(
             width=self.width, head_dim=self.head_dim, head_dropout=self.head_dropout, norm=self.norm,
             roi_pool=self.roi_pool,
@@ -83,8 +98,7 @@ class ModelConfig:
             rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
             box_batch_size_per_image=self.box_batch_size_per_image,
             box_positive_fraction=self.box_positive_fraction, box_score_thresh=self.box_score_thresh,
-            box_detections_per_img=self.box_detections_per_img, init=self.init,
-            pretrained_backbone=self.pretrained_backbone if pretrained else None)
+            box_detections_per_img=self.box_detections_per_img, init=self.init)
 
     def architecture(self) -> dict[str, Any]:
         """The JSON-able description stored in tickets of this detector (21 outputs: 20 classes + background)."""
@@ -94,11 +108,20 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation (albumentations, pascal_voc boxes)."""
+    """Input sizing and training augmentation (albumentations, pascal_voc boxes)."""
 
-    size: int = field(600, help="square resize of training and test images", check=at_least(16))
+    resize: Literal["stretch", "keep_ratio"] = field(
+        "stretch", help="stretch: every image to size x size (the paper's [600, 600]); keep_ratio: left to the "
+                        "detector, which scales the shorter side to model.min_size with the longer side at most "
+                        "model.max_size (py-faster-rcnn's 600/1000) and maps detections back itself")
+    size: int = field(600, help="stretch: the square side of training and test images", check=at_least(16))
     hflip: float = field(0.5, help="horizontal flip probability", check=closed_interval(0.0, 1.0))
     jitter: bool = field(True, help="photometric jitter")
+
+    @property
+    def input_size(self) -> int | None:
+        """The side the augmentation resizes to; None: keep the image's own size and aspect ratio."""
+        return self.size if self.resize == "stretch" else None
 
 
 @dataclass

@@ -43,16 +43,16 @@ def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
     if name != DETECTION_ARCHITECTURE:
         raise ValueError(f"not a detection architecture: name {name!r} (expected {DETECTION_ARCHITECTURE!r})")
     model_keys = {f.name for f in fields(ModelConfig)}
-    unknown = sorted(set(architecture) - model_keys - {"name", "task", "num_classes"})
+    unknown = sorted(set(architecture) - model_keys - {"name", "task", "num_classes", "pretrained"})
     if unknown:
         raise ValueError(f"unknown detector architecture key(s) {unknown}; allowed: {sorted(model_keys)} and "
-                         "name, task, num_classes")
+                         "name, task, num_classes, pretrained")
     num_classes = architecture.get("num_classes")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
     m = from_dict(ModelConfig, {k: v for k, v in architecture.items() if k in model_keys}, prefix="model")
     # The same arguments as DetectionTask.build_model, so the parameter names and shapes match.
-    return build_vgg16_faster_rcnn(num_classes, **m.build_kwargs(pretrained=False))
+    return build_vgg16_faster_rcnn(num_classes, **m.build_kwargs())
 
 
 def is_detection_architecture(architecture: Mapping[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,7 @@ def build_vgg16_faster_rcnn(
     min_size: int | tuple[int, ...] = 600,
     max_size: int = 1000,
     init: str = "xavier",
-    pretrained_backbone: str | Path | None = None,
+    pretrained_backbone: str | Path | Mapping[str, torch.Tensor] | None = None,
     **faster_rcnn_kwargs: Any,
 ) -> FasterRCNN:
     """Build Faster R-CNN VGG16; ``num_classes`` counts the background (|classes| + 1).
@@ -218,8 +219,9 @@ def build_vgg16_faster_rcnn(
     for tiny CPU variants; ``norm`` adds BatchNorm or GroupNorm after every backbone conv (default none).
     ``init="xavier"`` (the paper's) gives every conv and linear weight Xavier-uniform and zero bias, the box
     predictor normal(0.01)/(0.001); norm layers start at weight 1, bias 0; ``init="torchvision"`` uses
-    torchvision's VGG and RPN init. ``pretrained_backbone`` is a local file in torchvision's vgg16 (vgg16_bn)
-    state_dict format (see ``load_vgg16_weights``); nothing is ever downloaded. The input is resized to
+    torchvision's VGG and RPN init. ``pretrained_backbone`` is a state_dict in torchvision's vgg16 (vgg16_bn)
+    format, or a local file holding one (see ``load_vgg16_weights``; ``colt_det.pretrained`` gets torchvision's
+    ImageNet weights); nothing is downloaded here. The input is resized to
     py-faster-rcnn's 600/1000 by default; every other keyword (``rpn_batch_size_per_image``,
     ``box_score_thresh``, ...) goes to torchvision's ``FasterRCNN`` with its defaults.
     Deterministic under ``torch.manual_seed``.
@@ -282,15 +284,18 @@ def backbone_norm(model: FasterRCNN) -> str:
     return "none"
 
 
-def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
-    """Load a local torchvision-format vgg16 state_dict into the backbone (and fc6/fc7 when shapes allow).
+def load_vgg16_weights(model: FasterRCNN, source: str | Path | Mapping[str, torch.Tensor], *,
+                       name: str | None = None) -> list[str]:
+    """Load a torchvision-format vgg16 state_dict (a file, or the dict itself) into the backbone, and into
+    fc6/fc7 when shapes allow.
 
     A backbone with ``norm="batch"`` takes ``vgg16_bn`` weights (BatchNorm statistics included).
     Accepted keys: ``features.N.weight``/``.bias`` (a full vgg16 state_dict) or bare ``N.weight`` (an
     exported backbone). ``classifier.0``/``classifier.3`` go to fc6/fc7 only when the model has
-    ``width=1`` and ``head_dim=4096``; other ``classifier.*`` keys are ignored. Returns the loaded names.
+    ``width=1`` and ``head_dim=4096``; other ``classifier.*`` keys are ignored. `name` says where a dict
+    came from, in errors. Returns the loaded names.
     """
-    path = Path(path)
+    path = Path(name or "the given state_dict") if isinstance(source, Mapping) else Path(source)
     norm = backbone_norm(model)
     weights = {
         "none": "torchvision's vgg16 weights (e.g. vgg16-397923af.pth, copied from a machine with network access)",
@@ -298,13 +303,16 @@ def load_vgg16_weights(model: FasterRCNN, path: str | Path) -> list[str]:
                  "access)",
         "group": "a backbone exported by tools/export_backbone.py from a run with model.norm=group",
     }[norm]
-    fix = f"point pretrained_backbone at a local copy of {weights} or set it to null"
-    if not path.is_file():
+    fix = f"point pretrained_backbone at a local copy of {weights}, or set it to imagenet or none"
+    if isinstance(source, Mapping):
+        loaded: Any = dict(source)
+    elif not path.is_file():
         raise FileNotFoundError(f"pretrained backbone file not found: {path}; {fix}")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read pretrained backbone file {path} ({exc}); {fix}") from exc
+    else:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"cannot read pretrained backbone file {path} ({exc}); {fix}") from exc
     for key in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

@@ -94,9 +94,13 @@ def predict(
     return results
 
 
-def detect(model: nn.Module, records: list[VOCRecord], *, size: int, device: torch.device, amp: bool = False,
+def detect(model: nn.Module, records: list[VOCRecord], *, size: int | None, device: torch.device, amp: bool = False,
            batch_size: int = 4, num_workers: int = 0, progress: bool = True) -> dict[str, list[Detection]]:
-    """Run a 21-way detector over VOC records; detections per class in VOC file coordinates."""
+    """Run a 21-way detector over VOC records; detections per class in VOC file coordinates.
+
+    `size`: the square side images are stretched to first (None: as they are; the detector's own transform
+    resizes them and maps its boxes back to the image it was given, `predict` maps them on to the file's).
+    """
     dataset = VOCDetectionDataset(records, build_transforms(False, size), keep_difficult=True)
     loader = make_loader(dataset, batch_size=batch_size, collate=collate_detection, num_workers=num_workers,
                          device=device)

@@ -23,6 +23,7 @@ from colt_det.coco_eval import evaluate_coco
 from colt_det.config import DetRunConfig
 from colt_det.model import DETECTOR_OUTPUT_LAYERS, build_vgg16_faster_rcnn, prune_group_specs
 from colt_det.predict import detect, losses_in_eval_mode
+from colt_det.pretrained import PretrainedWeights, record, resolve_pretrained
 from colt_det.synthetic import ensure_synthetic_voc
 from colt_det.transforms import build_transforms
 from colt_det.voc import VOC_CLASSES, VOCDetectionDataset, VOCRecord, collate_detection, load_voc_records
@@ -81,9 +82,13 @@ class DetectionTask:
     output_layers = DETECTOR_OUTPUT_LAYERS
     collate = staticmethod(collate_detection)
 
-    def __init__(self, cfg: DetRunConfig, dist: DistContext | None = None) -> None:
+    def __init__(self, cfg: DetRunConfig, dist: DistContext | None = None,
+                 pretrained: PretrainedWeights | None = None) -> None:
         self.cfg = cfg
         self.default_prune_groups = prune_group_specs()
+        # The backbone's pretrained weights, read once (the tools resolve them before anything else).
+        self.pretrained = pretrained if pretrained is not None else resolve_pretrained(
+            cfg.model.pretrained_backbone, cfg.model.norm, pinned=cfg.model.pretrained_sha256, dist=dist)
         data = cfg.data
         if data.synthetic is not None:
             # Rank 0 writes the synthetic data; the other ranks read it once it is complete.
@@ -96,18 +101,22 @@ class DetectionTask:
         self.test_records, self.test_skipped = load_voc_records(data.root, data.test_sets,
                                                                 on_bad_annotation=data.on_bad_test_annotation)
         aug = cfg.augment
-        self.train_transform = build_transforms(True, aug.size, hflip_p=aug.hflip, jitter=aug.jitter)
-        self.eval_transform = build_transforms(False, aug.size)
+        self.train_transform = build_transforms(True, aug.input_size, hflip_p=aug.hflip, jitter=aug.jitter)
+        self.eval_transform = build_transforms(False, aug.input_size)
 
     def build_model(self, num_outputs: int) -> nn.Module:
-        """A detector for `num_outputs` object classes (+1 background output)."""
+        """A detector for `num_outputs` object classes (+1 background output), its backbone pretrained when the
+        config asks: θ0 is the pretrained backbone (and fc6/fc7) with freshly initialised RPN and heads."""
+        weights = self.pretrained
         try:
-            return build_vgg16_faster_rcnn(num_outputs + 1, **self.cfg.model.build_kwargs())
+            return build_vgg16_faster_rcnn(num_outputs + 1, **self.cfg.model.build_kwargs(),
+                                           pretrained_backbone=weights.state if weights else None)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"model: {exc}") from None
 
     def architecture(self) -> dict[str, Any]:
-        return self.cfg.model.architecture()
+        """The detector's description for ticket files, with the weights its backbone started from."""
+        return {**self.cfg.model.architecture(), "pretrained": record(self.pretrained)}
 
     def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None
                  ) -> tuple[VOCDetectionDataset, VOCDetectionDataset]:
@@ -128,7 +137,7 @@ class DetectionTask:
         """Per-class AP of a full-data detector on the test set (VOC07, VOC12 and COCO-style); the detections
         are kept as Pascal VOC results files."""
         cfg = self.cfg
-        detections = detect(model, self.test_records, size=cfg.augment.size, device=job.device, amp=job.amp,
+        detections = detect(model, self.test_records, size=cfg.augment.input_size, device=job.device, amp=job.amp,
                             batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                             progress=cfg.train.progress)
         write_results_files(job.files.outputs, detections)

@@ -294,6 +294,13 @@ def read_image_set(year_dir: Path, image_set: str) -> list[str]:
     return ids
 
 
+def check_voc_sets(root: str | Path, sets: str | Sequence[tuple[str, str]]) -> None:
+    """Raise, naming the path and how to get the data, unless every image set's devkit folder and list exist
+    (cheap: a run checks it before it fetches anything)."""
+    for year, image_set in parse_sets(sets):
+        read_image_set(voc_year_dir(root, year), image_set)
+
+
 def load_voc_records(
     root: str | Path,
     sets: str | Sequence[tuple[str, str]],

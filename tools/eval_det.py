@@ -50,7 +50,7 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
     run_dir = RunDir(run) if run is not None else _run_dir_of(checkpoint)
     cfg = from_dict(DetRunConfig, read_yaml(run_dir.config))
     # The weights come from the checkpoint, so a pretrained file the run started from is not needed here.
-    model = build_vgg16_faster_rcnn(len(VOC_CLASSES) + 1, **cfg.model.build_kwargs(pretrained=False))
+    model = build_vgg16_faster_rcnn(len(VOC_CLASSES) + 1, **cfg.model.build_kwargs())
     state = load_checkpoint(checkpoint)
     try:
         model.load_state_dict(state)
@@ -60,7 +60,7 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
                               "partition models have fewer outputs: use a round's eval/model.pt") from None
     dev = pick_device(device)
     with torch.no_grad():
-        return detect(model, records, size=cfg.augment.size, device=dev, amp=use_amp(dev, cfg.train.amp),
+        return detect(model, records, size=cfg.augment.input_size, device=dev, amp=use_amp(dev, cfg.train.amp),
                       batch_size=cfg.eval.batch_size)
 
 

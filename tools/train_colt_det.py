@@ -18,7 +18,9 @@ from colt_core import cli  # noqa: E402
 from colt_core.distributed import distributed_session  # noqa: E402
 from colt_core.report import per_class_columns, per_class_markdown, test_set_note  # noqa: E402
 from colt_det.config import DetRunConfig  # noqa: E402
+from colt_det.pretrained import resolve_pretrained  # noqa: E402
 from colt_det.report import REPORT  # noqa: E402
+from colt_det.voc import check_voc_sets  # noqa: E402
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,12 +35,22 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
         cli.configure_logging(verbose, dist)
         with cli.user_errors():
             cfg = cli.load_run_config(DetRunConfig, cfg_name, overrides, out, ROOT / "configs")
+            if cfg.data.synthetic is None:  # a missing dataset is named before any weights are fetched
+                check_voc_sets(cfg.data.root, cfg.data.train_sets)
+                check_voc_sets(cfg.data.root, cfg.data.test_sets)
+            # Before any work: weights that cannot be had stop the run here, with nothing written.
+            model = cfg.model
+            weights = resolve_pretrained(model.pretrained_backbone, model.norm, pinned=model.pretrained_sha256,
+                                         dist=dist)
+            model.pretrained_sha256 = weights.sha256 if weights else None  # recorded: --resume refuses others
             run = cli.open_run_dir(cfg, resume=resume, overwrite=overwrite, dist=dist)
             from colt_det.task import DetectionTask
 
-            task = DetectionTask(cfg, dist=dist)
+            task = DetectionTask(cfg, dist=dist, pretrained=weights)
+        notes = [f"The backbone started from pretrained weights: {weights.describe()}." if weights else
+                 "Trained from scratch: no pretrained weights (model.pretrained_backbone: none)."]
         with cli.user_errors(run):
-            result = cli.find_ticket(task, cfg, run, REPORT, dist)
+            result = cli.find_ticket(task, cfg, run, REPORT, dist, notes)
         if dist is not None and not dist.is_main:
             return
     click.echo("\n" + cli.ticket_line(result))

@@ -323,7 +323,7 @@ def test_architecture_matches_the_task(synthetic_voc):
                        model=ModelConfig(**TINY_MODEL))
     trainer = DetectionTask(cfg)
     architecture = architecture_from_config(to_dict(cfg))
-    assert trainer.architecture() == architecture
+    assert trainer.architecture() == {**architecture, "pretrained": None}
     built, expected = build_detector(architecture).state_dict(), trainer.build_model(20).state_dict()
     assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in expected.items()}
     with pytest.raises(ValueError, match=r"unknown detector architecture key\(s\) \['depth'\]"):

@@ -277,7 +277,7 @@ def test_pretrained_backbone_from_local_file(tmp_path):
 
 def test_pretrained_backbone_errors_name_the_file_and_fix(tmp_path):
     missing = tmp_path / "nowhere" / "vgg16.pth"
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*vgg16\.pth.*set it to null"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*vgg16\.pth.*or set it to imagenet or none"):
         tiny_model(pretrained_backbone=missing)
     path, _ = _vgg16_file(tmp_path, with_classifier=False)
     with pytest.raises(ValueError, match=r"vgg16-local\.pth.*'0\.weight'.*width=1\.0"):
