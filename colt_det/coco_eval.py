@@ -22,7 +22,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from colt_det.voc import VOC_CLASSES, VOCDataError, VOCRecord
+from colt_det.data import DetectionDataError, ImageRecord
+from colt_det.voc import VOC_CLASSES
 from colt_det.voc_eval import Detection, check_detection_classes, mean_ap
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _coco_box(box: Sequence[float]) -> list[float]:
     return [xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0]
 
 
-def build_coco_ground_truth(records: Sequence[VOCRecord], classes: Sequence[str] = VOC_CLASSES) -> COCO:
+def build_coco_ground_truth(records: Sequence[ImageRecord], classes: Sequence[str] = VOC_CLASSES) -> COCO:
     """A pycocotools COCO object holding `records` (image k has id k + 1, class c has category id c + 1)."""
     images, annotations = [], []
     for image_index, record in enumerate(records):
@@ -47,7 +48,7 @@ def build_coco_ground_truth(records: Sequence[VOCRecord], classes: Sequence[str]
                     "category_id": obj.label + 1,
                     "bbox": [x, y, w, h],
                     "area": w * h,
-                    "iscrowd": int(obj.difficult),
+                    "iscrowd": int(obj.ignored),
                 }
             )
     coco = COCO()
@@ -63,7 +64,7 @@ def build_coco_ground_truth(records: Sequence[VOCRecord], classes: Sequence[str]
 
 def evaluate_coco(
     detections_by_class: Mapping[str, Sequence[Detection]],
-    records: Sequence[VOCRecord],
+    records: Sequence[ImageRecord],
     classes: Sequence[str] = VOC_CLASSES,
 ) -> dict[str, Any]:
     """{"metric": "coco", "mAP": AP@[.5:.95], "AP50", "AP75", "per_class": {name: AP@[.5:.95]}} as fractions.
@@ -79,7 +80,7 @@ def evaluate_coco(
     for c, name in enumerate(classes):
         for d in detections_by_class.get(name, ()):
             if d.image_id not in image_index:
-                raise VOCDataError(
+                raise DetectionDataError(
                     f"detection of {name!r} on image {d.image_id!r}, which is not in the evaluated image "
                     "set; evaluate with the image set the detections were made on"
                 )
@@ -93,7 +94,7 @@ def evaluate_coco(
             )
 
     has_gt = [
-        any(obj.label == c and not obj.difficult for record in records for obj in record.objects)
+        any(obj.label == c and not obj.ignored for record in records for obj in record.objects)
         for c in range(len(classes))
     ]
     if not results:

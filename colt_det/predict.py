@@ -8,7 +8,7 @@ the engine's (``colt_core.training``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,8 +17,9 @@ from torch import nn
 
 from colt_core.runtime import progress_bar
 from colt_core.training import make_loader
+from colt_det.data import DetectionDataset, ImageRecord, collate_detection
 from colt_det.transforms import build_transforms
-from colt_det.voc import VOCDetectionDataset, VOCRecord, collate_detection
+from colt_det.voc import VOC_CLASSES
 from colt_det.voc_eval import Detection, detections_from_outputs
 
 
@@ -94,14 +95,15 @@ def predict(
     return results
 
 
-def detect(model: nn.Module, records: list[VOCRecord], *, size: int | None, device: torch.device, amp: bool = False,
-           batch_size: int = 4, num_workers: int = 0, progress: bool = True) -> dict[str, list[Detection]]:
-    """Run a 21-way detector over VOC records; detections per class in VOC file coordinates.
+def detect(model: nn.Module, records: list[ImageRecord], *, size: int | None, device: torch.device, amp: bool = False,
+           batch_size: int = 4, num_workers: int = 0, progress: bool = True,
+           classes: Sequence[str] = VOC_CLASSES) -> dict[str, list[Detection]]:
+    """Run a detector of `classes` (+ background) over image records; detections per class in VOC file coordinates.
 
     `size`: the square side images are stretched to first (None: as they are; the detector's own transform
     resizes them and maps its boxes back to the image it was given, `predict` maps them on to the file's).
     """
-    dataset = VOCDetectionDataset(records, build_transforms(False, size), keep_difficult=True)
+    dataset = DetectionDataset(records, build_transforms(False, size), keep_difficult=True, classes=classes)
     loader = make_loader(dataset, batch_size=batch_size, collate=collate_detection, num_workers=num_workers,
                          device=device)
     results = predict(model.to(device), loader, device, amp=amp, progress=progress)

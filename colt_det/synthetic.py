@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from colt_core.io import atomic_write_json
-from colt_det.voc import VOC_CLASSES, VOCDataError
+from colt_det.data import DetectionDataError
+from colt_det.voc import VOC_CLASSES
 
 MARKER_NAME = "colt_synthetic_voc.json"
 FORMAT_VERSION = 2
@@ -260,7 +261,7 @@ def make_synthetic_voc(
     out_root = Path(out_root)
     devkit = out_root / "VOCdevkit"
     if devkit.exists() and _read_marker(devkit) is None:
-        raise VOCDataError(
+        raise DetectionDataError(
             f"{devkit}: exists but is not a synthetic VOC made by colt_det (no {MARKER_NAME}); refusing to "
             "replace it: choose another output folder or remove it yourself"
         )

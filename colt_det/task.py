@@ -21,17 +21,18 @@ from colt_core.runtime import derive_seed
 from colt_core.task import TrainJob
 from colt_det.coco_eval import evaluate_coco
 from colt_det.config import DetRunConfig
+from colt_det.data import DetectionDataset, ImageRecord, collate_detection
 from colt_det.model import DETECTOR_OUTPUT_LAYERS, build_vgg16_faster_rcnn, prune_group_specs
 from colt_det.predict import detect, losses_in_eval_mode
 from colt_det.pretrained import PretrainedWeights, record, resolve_pretrained
 from colt_det.synthetic import ensure_synthetic_voc
 from colt_det.transforms import build_transforms
-from colt_det.voc import VOC_CLASSES, VOCDetectionDataset, VOCRecord, collate_detection, load_voc_records
+from colt_det.voc import VOC_CLASSES, load_voc_records
 from colt_det.voc_eval import evaluate_voc, write_results_files
 
 
-def split_train_val(records: Sequence[VOCRecord], val_fraction: float, seed: int, *, keep_difficult: bool = False
-                    ) -> tuple[list[VOCRecord], list[VOCRecord]]:
+def split_train_val(records: Sequence[ImageRecord], val_fraction: float, seed: int, *, keep_difficult: bool = False
+                    ) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """A seeded image-level hold-out of the training images for model selection (never the test set).
 
     A share `val_fraction` of the images, drawn at random; then, so that every partition of classes can be
@@ -119,7 +120,7 @@ class DetectionTask:
         return {**self.cfg.model.architecture(), "pretrained": record(self.pretrained)}
 
     def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None
-                 ) -> tuple[VOCDetectionDataset, VOCDetectionDataset]:
+                 ) -> tuple[DetectionDataset, DetectionDataset]:
         """Training and validation sets of one partition (all classes when `class_ids` is None)."""
         train_records = self.train_records
         if job is not None and job.non_iid_max_drop:
@@ -127,8 +128,10 @@ class DetectionTask:
             first = [r.objects[0].label if r.objects else -1 for r in train_records]
             train_records = [train_records[i] for i in non_iid_keep(first, job.data_seed, job.non_iid_max_drop)]
         keep_difficult = self.cfg.data.keep_difficult
-        return (VOCDetectionDataset(train_records, self.train_transform, keep_difficult, class_ids),
-                VOCDetectionDataset(self.val_records, self.eval_transform, keep_difficult, class_ids))
+        return (DetectionDataset(train_records, self.train_transform, keep_difficult, class_ids,
+                                 classes=self.class_names),
+                DetectionDataset(self.val_records, self.eval_transform, keep_difficult, class_ids,
+                                 classes=self.class_names))
 
     def loss(self, model: nn.Module, batch: tuple[list, list]) -> dict[str, torch.Tensor]:
         return detector_loss(model, batch)

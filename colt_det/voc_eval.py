@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from colt_core.io import atomic_write_text
-from colt_det.voc import VOC_CLASSES, VOCDataError, VOCRecord, xyxy_to_voc
+from colt_det.data import DetectionDataError, ImageRecord, xyxy_to_voc
+from colt_det.voc import VOC_CLASSES
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +67,19 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
     return float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))
 
 
-def _ground_truth(records: Sequence[VOCRecord], class_name: str) -> tuple[dict[str, Any], int]:
+def _ground_truth(records: Sequence[ImageRecord], class_name: str) -> tuple[dict[str, Any], int]:
     """Per image: boxes, difficult flags and matched flags of `class_name`; plus the non-difficult count."""
     gt: dict[str, Any] = {}
     npos = 0
     for record in records:
         if record.image_id in gt:
-            raise VOCDataError(
+            raise DetectionDataError(
                 f"image id {record.image_id!r} appears twice in the evaluation records; evaluate one "
                 "image set whose ids are unique"
             )
         objects = [obj for obj in record.objects if obj.name == class_name]
         boxes = np.array([obj.box for obj in objects], dtype=np.float64).reshape(-1, 4)
-        difficult = np.array([obj.difficult for obj in objects], dtype=bool)
+        difficult = np.array([obj.ignored for obj in objects], dtype=bool)  # difficult, or a crowd region
         gt[record.image_id] = (boxes, difficult, np.zeros(len(objects), dtype=bool))
         npos += int((~difficult).sum())
     return gt, npos
@@ -86,7 +87,7 @@ def _ground_truth(records: Sequence[VOCRecord], class_name: str) -> tuple[dict[s
 
 def eval_class(
     detections: Sequence[Detection],
-    records: Sequence[VOCRecord],
+    records: Sequence[ImageRecord],
     class_name: str,
     *,
     iou_threshold: float = 0.5,
@@ -105,7 +106,7 @@ def eval_class(
     for rank, index in enumerate(order):
         detection = detections[index]
         if detection.image_id not in gt:
-            raise VOCDataError(
+            raise DetectionDataError(
                 f"detection of {class_name!r} on image {detection.image_id!r}, which is not in the evaluated "
                 "image set; evaluate with the image set the detections were made on"
             )
@@ -147,7 +148,7 @@ def check_detection_classes(detections_by_class: Mapping[str, Any], classes: Seq
     """Raise when detections name a class outside `classes` (e.g. results of another label set)."""
     unknown = sorted(set(detections_by_class) - set(classes))
     if unknown:
-        raise VOCDataError(f"detections for unknown classes {unknown}; expected names from {list(classes)}")
+        raise DetectionDataError(f"detections for unknown classes {unknown}; expected names from {list(classes)}")
 
 
 def mean_ap(per_class: Mapping[str, float]) -> float:
@@ -158,7 +159,7 @@ def mean_ap(per_class: Mapping[str, float]) -> float:
 
 def evaluate_voc(
     detections_by_class: Mapping[str, Sequence[Detection]],
-    records: Sequence[VOCRecord],
+    records: Sequence[ImageRecord],
     *,
     use_07_metric: bool,
     classes: Sequence[str] = VOC_CLASSES,
@@ -185,7 +186,7 @@ METRICS = ("voc07", "voc12", "coco")
 
 def evaluate_detections(
     detections_by_class: Mapping[str, Sequence[Detection]],
-    records: Sequence[VOCRecord],
+    records: Sequence[ImageRecord],
     metric: str,
     classes: Sequence[str] = VOC_CLASSES,
 ) -> dict[str, Any]:
@@ -239,7 +240,7 @@ def _parse_results_line(line: str, path: Path, line_number: int) -> Detection:
         if not all(math.isfinite(v) for v in (score, *box)):
             raise ValueError
     except ValueError:
-        raise VOCDataError(
+        raise DetectionDataError(
             f"{path}:{line_number}: malformed line {line.rstrip()!r}; expected "
             "'image_id score xmin ymin xmax ymax' with finite numbers"
         ) from None
@@ -254,7 +255,7 @@ def read_results_files(
     """Read `<prefix><class>.txt` files back; a missing class file means no detections for it (warned)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise VOCDataError(
+        raise DetectionDataError(
             f"{results_dir}: results directory not found; pass the folder holding {prefix}<class>.txt files"
         )
     detections: dict[str, list[Detection]] = {}
@@ -272,7 +273,7 @@ def read_results_files(
                 if line.strip()
             ]
     if len(missing) == len(classes):
-        raise VOCDataError(
+        raise DetectionDataError(
             f"{results_dir}: no results files named {prefix}<class>.txt; check the folder and the file prefix"
         )
     if missing:

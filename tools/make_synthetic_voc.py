@@ -14,8 +14,9 @@ import click
 # Runnable as `python tools/make_synthetic_voc.py` from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from colt_det.data import DetectionDataError, DetectionDataset
 from colt_det.synthetic import ensure_synthetic_voc, make_synthetic_voc
-from colt_det.voc import VOCDataError, VOCDetectionDataset, load_voc_records
+from colt_det.voc import VOC_CLASSES, load_voc_records
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,12 +51,12 @@ def main(out_root: Path, force: bool, **params: object) -> None:
     """Generate the synthetic VOC under OUT/VOCdevkit and print what it holds."""
     try:
         devkit = make_synthetic_voc(out_root, **params) if force else ensure_synthetic_voc(out_root, **params)
-    except (VOCDataError, ValueError) as exc:
+    except (DetectionDataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"synthetic VOC at {devkit}")
     for image_set in ("train", "val", "trainval", "test"):
         records, _ = load_voc_records(devkit, f"2007:{image_set}")
-        summary = VOCDetectionDataset(records).summary()
+        summary = DetectionDataset(records, classes=VOC_CLASSES).summary()
         click.echo(
             f"  2007:{image_set:<9} {summary['images']:5d} images {summary['objects']:6d} objects "
             f"({summary['difficult']} difficult)"

@@ -12,18 +12,19 @@ import pytest
 from pycocotools.cocoeval import COCOeval
 
 from colt_det.coco_eval import build_coco_ground_truth, evaluate_coco
-from colt_det.voc import VOC_CLASSES, VOCObject, VOCRecord, load_voc_records
+from colt_det.data import ImageRecord, ObjectRecord
+from colt_det.voc import VOC_CLASSES, load_voc_records
 from colt_det.voc_eval import Detection
 
 
-def _record(image_id: str, *objects: tuple[str, tuple[float, float, float, float], bool]) -> VOCRecord:
-    return VOCRecord(
+def _record(image_id: str, *objects: tuple[str, tuple[float, float, float, float], bool]) -> ImageRecord:
+    return ImageRecord(
         image_id=image_id,
         image_path=Path(f"{image_id}.jpg"),
         width=200,
         height=200,
         objects=[
-            VOCObject(name=n, label=VOC_CLASSES.index(n), box=b, difficult=d, truncated=False)
+            ObjectRecord(name=n, label=VOC_CLASSES.index(n), box=b, difficult=d, truncated=False)
             for n, b, d in objects
         ],
         year="2007",

@@ -19,11 +19,12 @@ from torch import nn
 
 from colt_core.config import ConfigError, from_dict, to_dict
 from colt_det.config import DataConfig, DetRunConfig, ModelConfig
+from colt_det.data import voc_to_xyxy
 from colt_det.model import BACKBONE_PREFIX
 from colt_det.predict import detect
 from colt_det.pretrained import cache_file, imagenet_weights, resolve_pretrained
 from colt_det.task import DetectionTask
-from colt_det.voc import load_voc_records, voc_to_xyxy
+from colt_det.voc import load_voc_records
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))

@@ -13,13 +13,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from colt_det import synthetic
+from colt_det.data import DetectionDataError, DetectionDataset
 from colt_det.synthetic import (
     CLASS_APPEARANCE,
     MARKER_NAME,
     ensure_synthetic_voc,
     make_synthetic_voc,
 )
-from colt_det.voc import VOC_CLASSES, VOCDataError, VOCDetectionDataset, load_voc_records
+from colt_det.voc import VOC_CLASSES, load_voc_records
 
 SMALL = {"image_size": 64, "n_trainval": 6, "n_test": 4}
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ def test_loads_through_the_voc_reader(synthetic_voc):
             xmin, ymin, xmax, ymax = obj.box
             assert 1 <= xmin < xmax <= 64 and 1 <= ymin < ymax <= 64
             assert obj.name == VOC_CLASSES[obj.label] and not obj.truncated
-    image, target = VOCDetectionDataset(sets["test"])[0]
+    image, target = DetectionDataset(sets["test"], classes=VOC_CLASSES)[0]
     assert image.shape == (3, 64, 64) and len(target["boxes"]) == len(sets["test"][0].objects)
 
 
@@ -131,7 +132,7 @@ def test_killed_generation_never_looks_complete(tmp_path, monkeypatch):
 
 def test_refuses_to_replace_foreign_data(tmp_path):
     (tmp_path / "VOCdevkit" / "VOC2007").mkdir(parents=True)
-    with pytest.raises(VOCDataError, match="not a synthetic VOC"):
+    with pytest.raises(DetectionDataError, match="not a synthetic VOC"):
         ensure_synthetic_voc(tmp_path, **SMALL)
     assert (tmp_path / "VOCdevkit" / "VOC2007").is_dir()
 

@@ -12,17 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from colt_det.voc import (
-    VOC_CLASSES,
-    VOCDataError,
-    VOCDetectionDataset,
-    collate_detection,
-    load_voc_records,
-    parse_sets,
-    parse_voc_xml,
-    voc_to_xyxy,
-    xyxy_to_voc,
-)
+from colt_det.data import DetectionDataError, DetectionDataset, collate_detection, voc_to_xyxy, xyxy_to_voc
+from colt_det.voc import VOC_CLASSES, load_voc_records, parse_sets, parse_voc_xml
 
 DOG, CAT, PERSON = VOC_CLASSES.index("dog"), VOC_CLASSES.index("cat"), VOC_CLASSES.index("person")
 
@@ -136,7 +127,7 @@ def _write_bad(write_devkit, problem: str) -> tuple[Path, Path]:
 @pytest.mark.parametrize("problem", sorted(BAD_ANNOTATIONS))
 def test_bad_annotation_raises_naming_the_file(write_devkit, problem):
     root, path = _write_bad(write_devkit, problem)
-    with pytest.raises(VOCDataError) as info:
+    with pytest.raises(DetectionDataError) as info:
         load_voc_records(root, "2007:trainval")
     message = str(info.value)
     assert str(path) in message
@@ -170,30 +161,30 @@ def test_box_corner_cases_accepted(write_devkit):
 
 
 def test_missing_devkit_says_where_and_how(tmp_path):
-    with pytest.raises(VOCDataError) as info:
+    with pytest.raises(DetectionDataError) as info:
         load_voc_records(tmp_path, "2007:trainval", on_bad_annotation="skip")
     message = str(info.value)
     assert str(tmp_path / "VOCdevkit" / "VOC2007") in message
     assert "make_synthetic_voc.py --out" in message and "VOCtrainval_06-Nov-2007.tar" in message
     devkit = tmp_path / "VOCdevkit"
     devkit.mkdir()
-    with pytest.raises(VOCDataError, match=re.escape(f"{devkit / 'VOC2007'}: Pascal VOC 2007 not found")):
+    with pytest.raises(DetectionDataError, match=re.escape(f"{devkit / 'VOC2007'}: Pascal VOC 2007 not found")):
         load_voc_records(devkit, "2007:trainval")
 
 
 def test_missing_year_folder(voc_root):
-    with pytest.raises(VOCDataError, match="VOC2012: Pascal VOC 2012 not found"):
+    with pytest.raises(DetectionDataError, match="VOC2012: Pascal VOC 2012 not found"):
         load_voc_records(voc_root, "2007+2012:trainval", on_bad_annotation="skip")
 
 
 def test_missing_and_empty_image_set_always_raise(voc_root):
     main = voc_root / "VOCdevkit/VOC2007/ImageSets/Main"
     with pytest.raises(
-        VOCDataError, match=r"val\.txt: image set file not found \(available: test, trainval\)"
+        DetectionDataError, match=r"val\.txt: image set file not found \(available: test, trainval\)"
     ):
         load_voc_records(voc_root, "2007:val", on_bad_annotation="skip")
     (main / "val.txt").write_text("\n\n")
-    with pytest.raises(VOCDataError, match=r"val\.txt: image set is empty"):
+    with pytest.raises(DetectionDataError, match=r"val\.txt: image set is empty"):
         load_voc_records(voc_root, "2007:val", on_bad_annotation="skip")
 
 
@@ -214,7 +205,7 @@ def test_coordinate_conversion_round_trip():
 
 def test_dataset_item(voc_root):
     records, _ = load_voc_records(voc_root, "2007:trainval")
-    dataset = VOCDetectionDataset(records)
+    dataset = DetectionDataset(records, classes=VOC_CLASSES)
     image, target = dataset[1]
     assert image.dtype == torch.float32 and image.shape == (3, 48, 64)
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
@@ -230,7 +221,7 @@ def test_dataset_item(voc_root):
 
 def test_dataset_without_difficult(voc_root):
     records, _ = load_voc_records(voc_root, "2007:trainval")
-    dataset = VOCDetectionDataset(records, keep_difficult=False)
+    dataset = DetectionDataset(records, classes=VOC_CLASSES, keep_difficult=False)
     assert dataset.num_images == 3 and dataset.num_objects == 4
     assert dataset[1][1]["labels"].tolist() == [CAT + 1]
 
@@ -238,7 +229,7 @@ def test_dataset_without_difficult(voc_root):
 def test_partition_rule(voc_root):
     records, _ = load_voc_records(voc_root, "2007:trainval")
     # Order matters: dog -> label 1, cat -> label 2.
-    part = VOCDetectionDataset(records, class_ids=[DOG, CAT])
+    part = DetectionDataset(records, classes=VOC_CLASSES, class_ids=[DOG, CAT])
     assert part.image_ids == ["000001", "000002"]  # 000003 holds only a person
     assert part.label_names == ("dog", "cat")
     _, first = part[0]
@@ -250,9 +241,9 @@ def test_partition_rule(voc_root):
     assert part.summary() == {"images": 2, "objects": 3, "difficult": 1, "per_class": {"dog": 2, "cat": 1}}
 
     # A difficult object that is dropped no longer makes its image a member.
-    only_dog = VOCDetectionDataset(records, class_ids=[DOG], keep_difficult=False)
+    only_dog = DetectionDataset(records, classes=VOC_CLASSES, class_ids=[DOG], keep_difficult=False)
     assert only_dog.image_ids == ["000001"]
-    person = VOCDetectionDataset(records, class_ids=[PERSON])
+    person = DetectionDataset(records, classes=VOC_CLASSES, class_ids=[PERSON])
     assert person.image_ids == ["000001", "000003"] and person[0][1]["labels"].tolist() == [1]
 
 
@@ -260,7 +251,7 @@ def test_partition_rejects_bad_class_ids(voc_root):
     records, _ = load_voc_records(voc_root, "2007:trainval")
     for bad in ([], [DOG, DOG], [20], [-1]):
         with pytest.raises(ValueError, match="class_ids"):
-            VOCDetectionDataset(records, class_ids=bad)
+            DetectionDataset(records, classes=VOC_CLASSES, class_ids=bad)
 
 
 def test_transform_drops_keep_fields_aligned(voc_root):
@@ -269,7 +260,7 @@ def test_transform_drops_keep_fields_aligned(voc_root):
     def drop_first(image, boxes, labels):
         return image[:, ::-1], boxes[1:], labels[1:]
 
-    dataset = VOCDetectionDataset(records, transforms=drop_first)
+    dataset = DetectionDataset(records, classes=VOC_CLASSES, transforms=drop_first)
     _, target = dataset[1]
     assert target["labels"].tolist() == [DOG + 1]
     assert target["difficult"].tolist() == [True]
@@ -279,13 +270,13 @@ def test_transform_drops_keep_fields_aligned(voc_root):
 def test_image_size_mismatch_is_reported(voc_root):
     records, _ = load_voc_records(voc_root, "2007:trainval")
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(records[0].image_path)
-    with pytest.raises(VOCDataError, match=r"000001\.jpg: image is 10x10 but its annotation says 64x48"):
-        VOCDetectionDataset(records)[0]
+    with pytest.raises(DetectionDataError, match=r"000001\.jpg: image is 10x10 but its annotation says 64x48"):
+        DetectionDataset(records, classes=VOC_CLASSES)[0]
 
 
 def test_collate_in_a_dataloader(synthetic_voc):
     records, _ = load_voc_records(synthetic_voc, "2007:train")
-    dataset = VOCDetectionDataset(records)
+    dataset = DetectionDataset(records, classes=VOC_CLASSES)
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_detection)
     images, targets = next(iter(loader))
     assert isinstance(images, list) and len(images) == 4 and images[0].shape == (3, 64, 64)

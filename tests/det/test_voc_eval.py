@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from colt_det.voc import (
-    VOC_CLASSES,
-    VOCDataError,
-    VOCDetectionDataset,
-    VOCObject,
-    VOCRecord,
-    load_voc_records,
-)
+from colt_det.data import DetectionDataError, DetectionDataset, ImageRecord, ObjectRecord
+from colt_det.voc import VOC_CLASSES, load_voc_records
 from colt_det.voc_eval import (
     Detection,
     detections_from_outputs,
@@ -31,14 +25,14 @@ from colt_det.voc_eval import (
 )
 
 
-def _record(image_id: str, *objects: tuple[str, tuple[float, float, float, float], bool]) -> VOCRecord:
-    return VOCRecord(
+def _record(image_id: str, *objects: tuple[str, tuple[float, float, float, float], bool]) -> ImageRecord:
+    return ImageRecord(
         image_id=image_id,
         image_path=Path(f"{image_id}.jpg"),
         width=500,
         height=500,
         objects=[
-            VOCObject(name=n, label=VOC_CLASSES.index(n), box=b, difficult=d, truncated=False)
+            ObjectRecord(name=n, label=VOC_CLASSES.index(n), box=b, difficult=d, truncated=False)
             for n, b, d in objects
         ],
         year="2007",
@@ -305,7 +299,7 @@ def test_evaluate_voc_rejects_foreign_detections():
     records, _ = _random_case(0)
     with pytest.raises(ValueError, match="unknown classes"):
         evaluate_voc({"unicorn": []}, records, use_07_metric=True)
-    with pytest.raises(VOCDataError, match="'999999', which is not in the evaluated image set"):
+    with pytest.raises(DetectionDataError, match="'999999', which is not in the evaluated image set"):
         evaluate_voc({"dog": [Detection("999999", 0.5, _box(1, 1))]}, records, use_07_metric=True)
 
 
@@ -329,15 +323,15 @@ def test_results_files_round_trip(tmp_path):
 
 
 def test_results_files_missing_and_malformed(tmp_path, caplog):
-    with pytest.raises(VOCDataError, match="results directory not found"):
+    with pytest.raises(DetectionDataError, match="results directory not found"):
         read_results_files(tmp_path / "nowhere")
-    with pytest.raises(VOCDataError, match=r"no results files named comp4_det_test_<class>\.txt"):
+    with pytest.raises(DetectionDataError, match=r"no results files named comp4_det_test_<class>\.txt"):
         read_results_files(tmp_path)
     (tmp_path / "comp4_det_test_dog.txt").write_text("000001 0.9 1 1 10 10\n\n000002 0.8 1 1 10\n")
-    with pytest.raises(VOCDataError, match=r"comp4_det_test_dog\.txt:3: malformed line '000002 0\.8 1 1 10'"):
+    with pytest.raises(DetectionDataError, match=r"comp4_det_test_dog\.txt:3: malformed line '000002 0\.8 1 1 10'"):
         read_results_files(tmp_path)
     (tmp_path / "comp4_det_test_dog.txt").write_text("000001 high 1 1 10 10\n")
-    with pytest.raises(VOCDataError, match=r"comp4_det_test_dog\.txt:1: malformed line"):
+    with pytest.raises(DetectionDataError, match=r"comp4_det_test_dog\.txt:1: malformed line"):
         read_results_files(tmp_path)
     (tmp_path / "comp4_det_test_dog.txt").write_text("000001 0.9 1 1 10 10\n")
     with caplog.at_level(logging.WARNING, logger="colt_det.voc_eval"):
@@ -373,7 +367,7 @@ def test_detections_from_outputs():
 def test_ground_truth_targets_evaluate_perfectly(synthetic_voc):
     # Dataset targets (torchvision coordinates) fed back as outputs must land exactly on the XML boxes.
     records, _ = load_voc_records(synthetic_voc, "2007:test")
-    dataset = VOCDetectionDataset(records)
+    dataset = DetectionDataset(records, classes=VOC_CLASSES)
     outputs = []
     for i in range(len(dataset)):
         target = dataset[i][1]

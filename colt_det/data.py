@@ -1,0 +1,231 @@
+"""Detection data in memory, whatever its source: image and object records, the torchvision dataset over
+them, batching, and bad-input errors. `colt_det.voc` and `colt_det.coco` read their formats into these.
+
+Coordinate convention (used everywhere in colt_det):
+
+* VOC file coordinates -- what the records, VOC XML annotations and the official results files hold:
+  1-based, inclusive pixel indices. A box covering pixel columns 1..10 of the image has xmin=1, xmax=10.
+* torchvision coordinates -- what models, augmentations and the dataset's targets use: 0-based,
+  continuous xyxy, where a box covering pixels 1..10 spans x in [0, 10).
+
+`voc_to_xyxy` maps (xmin, ymin, xmax, ymax) -> (xmin - 1, ymin - 1, xmax, ymax) and `xyxy_to_voc` is its
+exact inverse. A VOC box therefore has width xmax - xmin + 1, matching the "+1" areas of the VOC
+evaluation code; a COCO box [x, y, w, h] is xyxy (x, y, x + w, y + h).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from colt_core.errors import UserError
+
+Box = tuple[float, float, float, float]
+
+
+class DetectionDataError(UserError, ValueError):
+    """Bad or missing VOC data; the message names the file, the problem and the fix.
+
+    `problem` is a short machine-readable kind (e.g. "missing_xml", "unknown_class") used to count
+    skipped annotations; it is None for structural problems that are never skipped.
+    """
+
+    def __init__(self, message: str, *, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+@dataclass
+class ObjectRecord:
+    """One annotated object; `box` is in VOC file coordinates (1-based, inclusive).
+
+    `difficult` (VOC) objects are ignored by evaluation and trained on only when asked; `crowd` (COCO's
+    iscrowd) regions are never training targets and are ignored by evaluation.
+    """
+
+    name: str
+    label: int  # 0-based index into the class list the record was parsed with
+    box: Box
+    difficult: bool
+    truncated: bool
+    crowd: bool = False
+
+    @property
+    def ignored(self) -> bool:
+        """Whether evaluation ignores this object (neither a positive nor a miss)."""
+        return self.difficult or self.crowd
+
+
+@dataclass
+class ImageRecord:
+    """One image and its annotation."""
+
+    image_id: str  # VOC's file stem, or a COCO image's id as text
+    image_path: Path
+    width: int
+    height: int
+    objects: list[ObjectRecord]
+    year: str  # VOC's year; "" for other sources
+    source_id: int | None = None  # the image's id in its source (COCO), for results files
+
+
+@dataclass
+class BadAnnotationStats:
+    """What `load_voc_records(..., on_bad_annotation="skip")` dropped, and why."""
+
+    skipped_image_ids: list[str] = field(default_factory=list)
+    by_problem: Counter[str] = field(default_factory=Counter)
+    messages: list[str] = field(default_factory=list)
+    skipped_objects: int = 0  # objects annotated in the skipped images (where their XML could be read)
+    unreadable: int = 0  # skipped images whose XML could not be read at all, so their objects are not counted
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped_image_ids)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"images": self.num_skipped, "objects": self.skipped_objects,
+                "images_without_readable_annotation": self.unreadable, "by_problem": dict(self.by_problem)}
+
+
+def voc_to_xyxy(box: Sequence[float]) -> Box:
+    """VOC file coordinates (1-based inclusive pixels) -> torchvision 0-based continuous xyxy."""
+    xmin, ymin, xmax, ymax = (float(v) for v in box)
+    return (xmin - 1.0, ymin - 1.0, xmax, ymax)
+
+
+def xyxy_to_voc(box: Sequence[float]) -> Box:
+    """torchvision 0-based continuous xyxy -> VOC file coordinates; exact inverse of `voc_to_xyxy`."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (x0 + 1.0, y0 + 1.0, x1, y1)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """An image file as an HxWx3 uint8 array."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))  # a writable copy, as torch.from_numpy wants
+    except FileNotFoundError:
+        raise DetectionDataError(f"{path}: image file not found; restore it from the VOC tarball") from None
+    except OSError as exc:
+        raise DetectionDataError(f"{path}: cannot decode image ({exc}); restore it from the VOC tarball") from None
+
+
+class DetectionDataset(Dataset):
+    """VOC records as (image, target) pairs for torchvision detection models.
+
+    Labels are 1-based (0 is background): without `class_ids`, label = class index + 1. With `class_ids`
+    (indices into `classes`) the dataset is one partition: it keeps only the images holding at least one
+    kept object of those classes, drops the objects of other classes from the targets and relabels
+    class_ids[k] as k + 1. Crowd regions are never targets; with keep_difficult=False difficult objects are
+    dropped from the targets too; neither counts towards an image's membership. Without `class_ids` every record is kept, even one left with
+    no objects (a valid all-background image).
+
+    `transforms(image_uint8_hwc, boxes_xyxy, labels) -> (image, boxes, labels)` may drop boxes; the
+    dataset hands it object indices as `labels` so labels and difficult flags stay aligned with the boxes.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transforms: Any = None,
+        keep_difficult: bool = True,
+        class_ids: Sequence[int] | None = None,
+        *,
+        classes: Sequence[str],
+    ) -> None:
+        self.transforms = transforms
+        self.keep_difficult = keep_difficult
+        self.classes = tuple(classes)
+        if class_ids is None:
+            self.class_ids = tuple(range(len(self.classes)))
+        else:
+            self.class_ids = tuple(int(c) for c in class_ids)
+            if not self.class_ids:
+                raise ValueError("class_ids is empty; give at least one class index")
+            if len(set(self.class_ids)) != len(self.class_ids):
+                raise ValueError(f"class_ids {list(self.class_ids)} has duplicates")
+            bad = [c for c in self.class_ids if not 0 <= c < len(self.classes)]
+            if bad:
+                raise ValueError(f"class_ids {bad} out of range 0..{len(self.classes) - 1}")
+        remap = {class_id: k + 1 for k, class_id in enumerate(self.class_ids)}
+
+        self.records: list[ImageRecord] = []
+        self._objects: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # boxes xyxy, labels, difficult
+        for record in records:
+            kept = [
+                obj for obj in record.objects
+                if obj.label in remap and not obj.crowd and (keep_difficult or not obj.difficult)
+            ]
+            if class_ids is not None and not kept:
+                continue
+            boxes = np.array([voc_to_xyxy(o.box) for o in kept], dtype=np.float32).reshape(-1, 4)
+            labels = np.array([remap[o.label] for o in kept], dtype=np.int64)
+            difficult = np.array([o.difficult for o in kept], dtype=bool)
+            self.records.append(record)
+            self._objects.append((boxes, labels, difficult))
+        self.image_ids: list[str] = [r.image_id for r in self.records]
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Class name of each label 1..K (index 0 of this tuple is label 1)."""
+        return tuple(self.classes[c] for c in self.class_ids)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_objects(self) -> int:
+        return sum(len(labels) for _, labels, _ in self._objects)
+
+    def summary(self) -> dict[str, Any]:
+        """Images, objects (difficult included when kept) and objects per class of this dataset."""
+        counts = Counter(int(label) for _, labels, _ in self._objects for label in labels)
+        return {
+            "images": self.num_images,
+            "objects": self.num_objects,
+            "difficult": int(sum(int(d.sum()) for _, _, d in self._objects)),
+            "per_class": {name: counts.get(k + 1, 0) for k, name in enumerate(self.label_names)},
+        }
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self.records[index]
+        boxes, labels, difficult = self._objects[index]
+        image = load_rgb(record.image_path)
+        if image.shape[:2] != (record.height, record.width):
+            raise DetectionDataError(
+                f"{record.image_path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
+                f"{record.width}x{record.height}; the image or XML is from another version of the data"
+            )
+        if self.transforms is not None:
+            image, boxes, kept = self.transforms(image, boxes, np.arange(len(labels), dtype=np.int64))
+            kept = np.asarray(kept, dtype=np.int64)
+            labels, difficult = labels[kept], difficult[kept]
+        image_tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        target = {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(labels, dtype=torch.int64),
+            "difficult": torch.as_tensor(difficult, dtype=torch.bool),
+            "image_id": index,
+            "orig_size": (record.height, record.width),  # lets predictions be mapped back after a resize
+        }
+        return image_tensor, target
+
+
+def collate_detection(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list, list]:
+    """Batch for torchvision detectors: images differ in size, so a list of images and a list of targets."""
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets
