@@ -126,8 +126,8 @@ class DetectionDataset(Dataset):
     (indices into `classes`) the dataset is one partition: it keeps only the images holding at least one
     kept object of those classes, drops the objects of other classes from the targets and relabels
     class_ids[k] as k + 1. Crowd regions are never targets; with keep_difficult=False difficult objects are
-    dropped from the targets too; neither counts towards an image's membership. Without `class_ids` every record is kept, even one left with
-    no objects (a valid all-background image).
+    dropped from the targets too; neither counts towards an image's membership. Without `class_ids` every
+    record is kept, even one left with no objects (a valid all-background image).
 
     `transforms(image_uint8_hwc, boxes_xyxy, labels) -> (image, boxes, labels)` may drop boxes; the
     dataset hands it object indices as `labels` so labels and difficult flags stay aligned with the boxes.
