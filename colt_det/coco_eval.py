@@ -1,6 +1,7 @@
-"""COCO-style box AP (mean over IoU 0.50:0.05:0.95) of VOC detections, computed by pycocotools.
+"""COCO-style box AP (mean over IoU 0.50:0.05:0.95), computed by pycocotools: of detections on VOC records
+(`evaluate_coco`) and of a COCO results file against a COCO instances file (`evaluate_coco_results`).
 
-The ground truth is built in memory from VOC records. Difficult objects become `iscrowd=1` regions, the
+For VOC records the ground truth is built in memory. Difficult objects become `iscrowd=1` regions, the
 only way COCOeval has to ignore a box: they count as neither positives nor misses, and a detection that
 falls on one is ignored rather than counted false. (COCOeval measures overlap with a crowd region as
 intersection over the detection's area, so this is slightly more lenient than VOC's IoU test.)
@@ -13,15 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from colt_det.coco import CocoCategories, check_same_categories, coco_box_numbers, read_coco_instances
 from colt_det.data import DetectionDataError, ImageRecord
 from colt_det.voc import VOC_CLASSES
 from colt_det.voc_eval import Detection, check_detection_classes, mean_ap
@@ -109,13 +114,41 @@ def evaluate_coco(
         }
 
     ground_truth = build_coco_ground_truth(records, classes)
+    with _quiet():
+        detections = ground_truth.loadRes(results)
+    per_class, per_class_ap50, per_class_ap75 = _per_category_ap(ground_truth, detections, classes)
+    return {
+        "metric": "coco",
+        "mAP": mean_ap(per_class),
+        "AP50": mean_ap(per_class_ap50),
+        "AP75": mean_ap(per_class_ap75),
+        "per_class": per_class,
+    }
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """pycocotools prints its progress; keep it for debug logging only."""
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
-        evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), iouType="bbox")
+        yield
+    if captured.getvalue():
+        logger.debug("pycocotools: %s", captured.getvalue())
+
+
+def _per_category_ap(
+    ground_truth: COCO, detections: COCO, names: Sequence[str], image_ids: Iterable[int] | None = None
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """AP@[.5:.95], AP50 and AP75 per category (area "all", 100 detections), NaN without ground truth.
+
+    `names` are in ascending category id order, the order of COCOeval's category axis.
+    """
+    with _quiet():
+        evaluator = COCOeval(ground_truth, detections, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
-    logger.debug("pycocotools: %s", captured.getvalue())
-
     # precision[t, r, k, a, m]: IoU threshold, recall point, category, area range, max detections;
     # -1 where a category has no ground truth.
     precision = evaluator.eval["precision"][:, :, :, 0, evaluator.params.maxDets.index(100)]
@@ -128,11 +161,134 @@ def evaluate_coco(
 
     at50 = int(np.argmin(np.abs(thresholds - 0.5)))
     at75 = int(np.argmin(np.abs(thresholds - 0.75)))
-    per_class = {name: class_ap(k, slice(None)) for k, name in enumerate(classes)}
+    return tuple(  # type: ignore[return-value]
+        {name: class_ap(k, t) for k, name in enumerate(names)} for t in (slice(None), at50, at75)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# COCO data: a results file against an instances file
+
+
+def evaluate_coco_results(
+    annotations_json: str | Path,
+    results: list[dict] | str | Path,
+    *,
+    categories: CocoCategories | None = None,
+    image_ids: Iterable[int] | None = None,
+) -> dict[str, Any]:
+    """COCOeval (bbox) of a COCO results list or file against the ground truth of an instances file.
+
+    Returns {"metric": "coco", "mAP": AP@[.5:.95], "AP50", "AP75", "per_class": {name: AP@[.5:.95]},
+    "per_class_AP50": {name: AP50}} as fractions, at area "all" and 100 detections per image; a category
+    without (non-crowd) ground truth gets NaN and is left out of every mean. Crowd regions are
+    pycocotools' own affair. With `categories` (those a model was trained on) the file's must be equal.
+    `image_ids` (the dataset's ids) restricts the evaluation to those images, e.g. those `load_coco` kept
+    in skip mode; by default every image of the file counts, with or without detections.
+    """
+    path = Path(annotations_json)
+    data, file_categories = read_coco_instances(path)
+    if categories is not None:
+        check_same_categories(categories, file_categories)
+    for key, ids in (("images", [i["id"] for i in data["images"]]), ("annotations", [a["id"] for a in
+                                                                                    data["annotations"]])):
+        repeated = sorted(v for v, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise DetectionDataError(f"{path}: {key} ids {repeated[:8]} appear more than once; ids must be unique "
+                                     "for pycocotools to evaluate: fix the annotations file")
+    evaluated = {i["id"] for i in data["images"]} if image_ids is None else set(image_ids)
+    if unknown := sorted(evaluated - {i["id"] for i in data["images"]}):
+        raise ValueError(f"image_ids {unknown[:8]} are not images of {path}")
+    detections = _read_results(results)
+    if foreign := sorted({d["image_id"] for d in detections} - evaluated):
+        among = "the evaluated images of" if image_ids is not None else "the images of"
+        raise DetectionDataError(
+            f"{_results_name(results)}: detections on image id(s) {foreign[:8]}{' ...' if len(foreign) > 8 else ''}"
+            f", which are not among {among} {path}; evaluate with the annotations file of the image set the "
+            "detections were made on"
+        )
+    if foreign := sorted({d["category_id"] for d in detections} - set(file_categories.ids)):
+        raise DetectionDataError(f"{_results_name(results)}: detections of category id(s) {foreign[:8]}, which "
+                                 f"are not categories of {path} ({list(file_categories.ids)}); the detections are "
+                                 "of another label set")
+
+    annotations = []
+    for a in data["annotations"]:
+        if (bbox := coco_box_numbers(a["bbox"])) is None:
+            raise DetectionDataError(f"{path}: annotation {a['id']} (image {a['image_id']}) has bbox {a['bbox']!r}, "
+                                     "not [x, y, width, height]; fix the annotation")
+        # pycocotools needs "area" and "iscrowd" on every ground truth box; files without them get the defaults.
+        annotations.append({"area": bbox[2] * bbox[3], "iscrowd": 0, **a})
+    ground_truth = COCO()
+    ground_truth.dataset = {**data, "annotations": annotations}
+    with _quiet():
+        ground_truth.createIndex()
+        if detections:
+            predicted = ground_truth.loadRes(detections)
+        else:
+            # loadRes cannot take an empty list; an empty results set gives 0 where there is ground truth.
+            predicted = COCO()
+            predicted.dataset = {"images": list(data["images"]), "categories": data["categories"],
+                                 "annotations": []}
+            predicted.createIndex()
+    per_class, per_class_ap50, per_class_ap75 = _per_category_ap(
+        ground_truth, predicted, file_categories.names, evaluated if image_ids is not None else None)
     return {
         "metric": "coco",
         "mAP": mean_ap(per_class),
-        "AP50": mean_ap({name: class_ap(k, at50) for k, name in enumerate(classes)}),
-        "AP75": mean_ap({name: class_ap(k, at75) for k, name in enumerate(classes)}),
+        "AP50": mean_ap(per_class_ap50),
+        "AP75": mean_ap(per_class_ap75),
         "per_class": per_class,
+        "per_class_AP50": per_class_ap50,
     }
+
+
+def _results_name(results: list[dict] | str | Path) -> str:
+    return str(results) if isinstance(results, str | Path) else "results"
+
+
+def _read_results(results: list[dict] | str | Path) -> list[dict[str, Any]]:
+    """Checked copies of the results (loadRes adds keys to the dicts it is given)."""
+    where = _results_name(results)
+    if isinstance(results, str | Path):
+        path = Path(results)
+        if not path.is_file():
+            raise DetectionDataError(f"{path}: results file not found; pass a COCO results JSON "
+                                     '([{"image_id", "category_id", "bbox", "score"}, ...])')
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DetectionDataError(f"{path}: not a JSON file ({exc}); pass a COCO results JSON") from None
+    if not isinstance(results, list):
+        raise DetectionDataError(f"{where}: a COCO results file is a JSON list of detections, not a "
+                                 f"{type(results).__name__}")
+    checked = []
+    for index, entry in enumerate(results):
+        try:
+            image_id, category_id = entry["image_id"], entry["category_id"]
+            bbox, score = [float(v) for v in entry["bbox"]], float(entry["score"])
+            ok = (all(isinstance(i, int) and not isinstance(i, bool) for i in (image_id, category_id))
+                  and len(bbox) == 4 and all(math.isfinite(v) for v in (*bbox, score)))
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise DetectionDataError(
+                f"{where}: entry {index} is {json.dumps(entry)[:200]}; expected "
+                '{"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": number}'
+            )
+        checked.append({"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score})
+    return checked
+
+
+def format_coco_table(result: Mapping[str, Any]) -> str:
+    """A Markdown table `category | AP (%) | AP50 (%)` of `evaluate_coco_results`, with mean rows."""
+
+    def cell(ap: float) -> str:
+        return "n/a (no ground truth)" if math.isnan(ap) else f"{100.0 * ap:.2f}"
+
+    lines = ["| category | AP@[.5:.95] (%) | AP50 (%) |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {cell(ap)} | {cell(result['per_class_AP50'][name])} |"
+              for name, ap in result["per_class"].items()]
+    lines.append(f"| **mean** | **{cell(result['mAP'])}** | **{cell(result['AP50'])}** |")
+    lines.append(f"| AP75 | {cell(result['AP75'])} | |")
+    return "\n".join(lines) + "\n"

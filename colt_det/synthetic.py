@@ -1,4 +1,5 @@
-"""A small synthetic Pascal VOC in the real on-disk format, for demos, tests and CPU smoke runs.
+"""A small synthetic Pascal VOC in the real on-disk format, for demos, tests and CPU smoke runs, and its COCO
+twin: the same images and objects as a COCO instances JSON plus image folders.
 
 Each of the 20 VOC class names is drawn as a filled disc or a hollow frame in one of 10 saturated hues, on a
 mildly textured grey background, so a tiny detector can tell the classes apart within a few epochs.
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from colt_core.io import atomic_write_json
+from colt_core.io import atomic_write_json, atomic_write_text
+from colt_det.coco import coco_bbox
 from colt_det.data import DetectionDataError
 from colt_det.voc import VOC_CLASSES
 
 MARKER_NAME = "colt_synthetic_voc.json"
+COCO_MARKER_NAME = "colt_synthetic_coco.json"
 FORMAT_VERSION = 2
 YEAR = "2007"
 
@@ -59,6 +63,7 @@ class SyntheticVOCParams:
     max_objects: int = 3
     difficult_fraction: float = 0.05
     val_fraction: float = 0.5
+    num_classes: int = len(VOC_CLASSES)  # objects come from the first this many VOC classes
 
     def validate(self) -> None:
         checks = {
@@ -69,6 +74,7 @@ class SyntheticVOCParams:
             "max_objects": self.max_objects >= self.min_objects,
             "difficult_fraction": 0.0 <= self.difficult_fraction <= 1.0,
             "val_fraction": 0.0 < self.val_fraction < 1.0,
+            "num_classes": 1 <= self.num_classes <= len(VOC_CLASSES),
         }
         allowed = {
             "image_size": ">= 32",
@@ -78,6 +84,7 @@ class SyntheticVOCParams:
             "max_objects": ">= min_objects",
             "difficult_fraction": "in [0, 1]",
             "val_fraction": "in (0, 1)",
+            "num_classes": f"in 1..{len(VOC_CLASSES)}",
         }
         for key, ok in checks.items():
             if not ok:
@@ -131,7 +138,7 @@ def _draw_image(rng: np.random.Generator, params: SyntheticVOCParams) -> tuple[I
     n_objects = int(rng.integers(params.min_objects, params.max_objects + 1))
     objects: list[dict] = []
     for _ in range(n_objects):
-        name = VOC_CLASSES[int(rng.integers(len(VOC_CLASSES)))]
+        name = VOC_CLASSES[int(rng.integers(params.num_classes))]
         difficult = bool(rng.random() < params.difficult_fraction)
         # Difficult objects are the small ones, as in VOC where tiny instances are marked difficult.
         side_range = (0.08, 0.15) if difficult else (0.2, 0.5)
@@ -180,6 +187,38 @@ def _annotation_xml(image_id: str, size: int, objects: list[dict]) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
+def _image_ids(params: SyntheticVOCParams) -> list[str]:
+    """VOC-style ids 000001, 000002, ...: trainval first, then test."""
+    return [f"{i + 1:06d}" for i in range(params.n_trainval + params.n_test)]
+
+
+def _draw_dataset(params: SyntheticVOCParams) -> Iterator[tuple[str, Image.Image, list[dict]]]:
+    """(image id, image, objects) of every image, in id order; both twins are written from this."""
+    for index, image_id in enumerate(_image_ids(params)):
+        # One generator per image (seed, stream 0, index): an image does not depend on the others.
+        image, objects = _draw_image(np.random.default_rng([params.seed, 0, index]), params)
+        yield image_id, image, objects
+
+
+def _save_jpeg(image: Image.Image, path: Path) -> None:
+    image.save(path, format="JPEG", quality=95)
+
+
+def _splits(params: SyntheticVOCParams) -> dict[str, list[str]]:
+    """The image ids of the VOC image sets train, val, trainval and test."""
+    image_ids = _image_ids(params)
+    trainval = image_ids[: params.n_trainval]
+    split_rng = np.random.default_rng([params.seed, 1])
+    n_val = min(len(trainval) - 1, max(1, round(len(trainval) * params.val_fraction)))
+    val_index = set(split_rng.permutation(len(trainval))[:n_val].tolist())
+    return {
+        "train": [image_id for i, image_id in enumerate(trainval) if i not in val_index],
+        "val": [image_id for i, image_id in enumerate(trainval) if i in val_index],
+        "trainval": trainval,
+        "test": image_ids[params.n_trainval :],
+    }
+
+
 def _write_devkit(devkit: Path, params: SyntheticVOCParams) -> None:
     year_dir = devkit / f"VOC{YEAR}"
     jpeg_dir, xml_dir, sets_dir = (
@@ -190,27 +229,13 @@ def _write_devkit(devkit: Path, params: SyntheticVOCParams) -> None:
     for folder in (jpeg_dir, xml_dir, sets_dir):
         folder.mkdir(parents=True)
 
-    n_total = params.n_trainval + params.n_test
-    image_ids = [f"{i + 1:06d}" for i in range(n_total)]
     objects_by_image: dict[str, list[dict]] = {}
-    for index, image_id in enumerate(image_ids):
-        # One generator per image (seed, stream 0, index): an image does not depend on the others.
-        image, objects = _draw_image(np.random.default_rng([params.seed, 0, index]), params)
-        image.save(jpeg_dir / f"{image_id}.jpg", format="JPEG", quality=95)
+    for image_id, image, objects in _draw_dataset(params):
+        _save_jpeg(image, jpeg_dir / f"{image_id}.jpg")
         (xml_dir / f"{image_id}.xml").write_text(_annotation_xml(image_id, params.image_size, objects))
         objects_by_image[image_id] = objects
 
-    trainval = image_ids[: params.n_trainval]
-    split_rng = np.random.default_rng([params.seed, 1])
-    n_val = min(len(trainval) - 1, max(1, round(len(trainval) * params.val_fraction)))
-    val_index = set(split_rng.permutation(len(trainval))[:n_val].tolist())
-    splits = {
-        "train": [image_id for i, image_id in enumerate(trainval) if i not in val_index],
-        "val": [image_id for i, image_id in enumerate(trainval) if i in val_index],
-        "trainval": trainval,
-        "test": image_ids[params.n_trainval :],
-    }
-    for split, ids in splits.items():
+    for split, ids in _splits(params).items():
         (sets_dir / f"{split}.txt").write_text("".join(f"{image_id}\n" for image_id in ids))
         # Per-class lists as in the devkit: 1 present, 0 only difficult instances, -1 absent.
         for name in VOC_CLASSES:
@@ -222,11 +247,93 @@ def _write_devkit(devkit: Path, params: SyntheticVOCParams) -> None:
             (sets_dir / f"{name}_{split}.txt").write_text("".join(lines))
 
 
-def _read_marker(devkit: Path) -> dict[str, Any] | None:
+# ----------------------------------------------------------------------------------------------------------
+# The COCO twin: out_root/{train,test}/*.jpg and out_root/annotations/instances_{train,test}.json
+
+COCO_SPLITS = {"train": "trainval", "test": "test"}  # COCO split -> the VOC image set it holds
+# Deliberately not 0..19 nor 1..20, so that code mapping category ids to labels is exercised.
+COCO_CATEGORY_IDS: dict[str, int] = {name: 2 * k + 1 for k, name in enumerate(VOC_CLASSES)}
+
+
+def coco_instances_path(root: str | Path, split: str) -> Path:
+    """`root/annotations/instances_<split>.json` of the synthetic COCO (split "train" or "test")."""
+    return Path(root) / "annotations" / f"instances_{split}.json"
+
+
+def _write_coco(root: Path, params: SyntheticVOCParams) -> None:
+    """The VOC twin's images and objects in COCO layout. COCO has no "difficult": the VOC twin's difficult
+    objects are written as ordinary annotations (iscrowd 0)."""
+    split_of = {image_id: split for split, image_set in COCO_SPLITS.items() for image_id in _splits(params)[image_set]}
+    files: dict[str, dict[str, list]] = {split: {"images": [], "annotations": []} for split in COCO_SPLITS}
+    for split in COCO_SPLITS:
+        (root / split).mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for image_id, image, objects in _draw_dataset(params):
+        split = split_of[image_id]
+        _save_jpeg(image, root / split / f"{image_id}.jpg")
+        entry = files[split]
+        entry["images"].append({"id": int(image_id), "file_name": f"{image_id}.jpg", "width": params.image_size,
+                                "height": params.image_size})
+        for obj in objects:
+            bbox = coco_bbox(tuple(v + 1 for v in obj["box"]))  # VOC file coordinates, as in the VOC twin's XML
+            entry["annotations"].append({"id": len(entry["annotations"]) + 1, "image_id": int(image_id),
+                                         "category_id": COCO_CATEGORY_IDS[obj["name"]], "bbox": bbox,
+                                         "area": bbox[2] * bbox[3], "iscrowd": 0})
+    categories = [{"id": COCO_CATEGORY_IDS[name], "name": name, "supercategory": "synthetic"}
+                  for name in VOC_CLASSES[:params.num_classes]]  # the categories the objects are drawn from
+    for split, entry in files.items():
+        instances = {
+            "info": {"description": "COLT synthetic COCO (the synthetic VOC's images and objects)"},
+            "licenses": [],
+            "images": entry["images"],
+            "annotations": entry["annotations"],
+            "categories": categories,
+        }
+        atomic_write_text(json.dumps(instances) + "\n", coco_instances_path(root, split))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation on disk
+
+
+def _read_marker(folder: Path, name: str = MARKER_NAME) -> dict[str, Any] | None:
     try:
-        return json.loads((devkit / MARKER_NAME).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads((folder / name).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
+
+
+def _params(**params: Any) -> SyntheticVOCParams:
+    allowed = list(SyntheticVOCParams.__dataclass_fields__)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"synthetic VOC: unknown parameter(s) {unknown}; allowed: {', '.join(allowed)}")
+    checked = SyntheticVOCParams(**params)
+    checked.validate()
+    return checked
+
+
+def _generate(
+    target: Path, params: SyntheticVOCParams, write: Callable[[Path, SyntheticVOCParams], None], marker: str
+) -> None:
+    """Build the tree in a temporary folder beside `target` and rename it into place, the parameters file
+    written last, so a killed generation never looks complete; whatever was at `target` is replaced."""
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    try:
+        write(staging, params)
+        atomic_write_json(params.as_marker(), staging / marker)
+        if target.exists():
+            retired = parent / f".{target.name}.{uuid.uuid4().hex}.old"
+            os.rename(target, retired)
+            os.rename(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def make_synthetic_voc(
@@ -240,6 +347,7 @@ def make_synthetic_voc(
     max_objects: int = 3,
     difficult_fraction: float = 0.05,
     val_fraction: float = 0.5,
+    num_classes: int = len(VOC_CLASSES),
 ) -> Path:
     """Write `out_root/VOCdevkit/VOC2007` (JPEGImages, Annotations, ImageSets/Main); return VOCdevkit.
 
@@ -256,41 +364,22 @@ def make_synthetic_voc(
         max_objects=max_objects,
         difficult_fraction=difficult_fraction,
         val_fraction=val_fraction,
+        num_classes=num_classes,
     )
     params.validate()
-    out_root = Path(out_root)
-    devkit = out_root / "VOCdevkit"
+    devkit = Path(out_root) / "VOCdevkit"
     if devkit.exists() and _read_marker(devkit) is None:
         raise DetectionDataError(
             f"{devkit}: exists but is not a synthetic VOC made by colt_det (no {MARKER_NAME}); refusing to "
             "replace it: choose another output folder or remove it yourself"
         )
-    out_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".VOCdevkit.", suffix=".partial", dir=out_root))
-    try:
-        _write_devkit(staging, params)
-        atomic_write_json(params.as_marker(), staging / MARKER_NAME)
-        if devkit.exists():
-            retired = out_root / f".VOCdevkit.{uuid.uuid4().hex}.old"
-            os.rename(devkit, retired)
-            os.rename(staging, devkit)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, devkit)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    _generate(devkit, params, _write_devkit, MARKER_NAME)
     return devkit
 
 
 def ensure_synthetic_voc(out_root: str | Path, **params: Any) -> Path:
     """The synthetic VOCdevkit under `out_root`, generated only when missing or made with other parameters."""
-    allowed = list(SyntheticVOCParams.__dataclass_fields__)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"synthetic VOC: unknown parameter(s) {unknown}; allowed: {', '.join(allowed)}")
-    wanted = SyntheticVOCParams(**params)
-    wanted.validate()
+    wanted = _params(**params)
     devkit = Path(out_root) / "VOCdevkit"
     if _read_marker(devkit) == wanted.as_marker():
         return devkit
@@ -300,4 +389,40 @@ def ensure_synthetic_voc(out_root: str | Path, **params: Any) -> Path:
         # Another process may have renamed its identical tree into place first.
         if _read_marker(devkit) == wanted.as_marker():
             return devkit
+        raise
+
+
+def make_synthetic_coco(out_root: str | Path, **params: Any) -> Path:
+    """Write the synthetic VOC's images and objects in COCO layout under `out_root`; return `out_root`.
+
+    Same parameters as `make_synthetic_voc`, same images (byte for byte) and boxes: out_root/train holds
+    the VOC trainval images, out_root/test the test images, and out_root/annotations/instances_train.json
+    and instances_test.json their annotations (image id = the VOC id as a number, category ids 1, 3, ..., 39
+    named by the VOC classes, difficult objects as ordinary annotations). The folder is built beside
+    `out_root` and renamed into place; an earlier synthetic COCO there is replaced, an empty folder too, and
+    anything else is left alone and an error raised.
+    """
+    wanted = _params(**params)
+    root = Path(out_root)
+    if root.exists() and _read_marker(root, COCO_MARKER_NAME) is None and (not root.is_dir() or any(root.iterdir())):
+        raise DetectionDataError(
+            f"{root}: exists, is not empty and is not a synthetic COCO made by colt_det (no {COCO_MARKER_NAME}); "
+            "refusing to replace it: choose another output folder or remove it yourself"
+        )
+    _generate(root, wanted, _write_coco, COCO_MARKER_NAME)
+    return root
+
+
+def ensure_synthetic_coco(out_root: str | Path, **params: Any) -> Path:
+    """The synthetic COCO at `out_root`, generated only when missing or made with other parameters."""
+    wanted = _params(**params)
+    root = Path(out_root)
+    if _read_marker(root, COCO_MARKER_NAME) == wanted.as_marker():
+        return root
+    try:
+        return make_synthetic_coco(root, **asdict(wanted))
+    except OSError:
+        # Another process may have renamed its identical tree into place first.
+        if _read_marker(root, COCO_MARKER_NAME) == wanted.as_marker():
+            return root
         raise

@@ -1,9 +1,12 @@
-"""Evaluate detections on Pascal VOC: per-class AP (VOC07 11-point, VOC12 area, or COCO-style).
+"""Evaluate detections: per-class AP on Pascal VOC (VOC07 11-point, VOC12 area, or COCO-style), or per-category
+COCO AP of a COCO results file.
 
 From official results files:
     python tools/eval_det.py --voc-root DIR --year 2007 --image-set test --results DIR --metric voc07 --out FILE.json
 From a checkpoint (runs inference, on the GPU when there is one; writes results files to --results if given):
     python tools/eval_det.py --voc-root DIR --checkpoint RUN/round_03/eval/model.pt [--run RUN] --metric voc12
+From a COCO results file (AP@[.5:.95], AP50, AP75 and per-category AP through pycocotools):
+    python tools/eval_det.py --coco-annotations instances_val2017.json --results detections.json --out FILE.json
 """
 
 from __future__ import annotations
@@ -65,19 +68,40 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--voc-root", required=True, type=click.Path(), help="folder holding VOCdevkit/ (or VOCdevkit itself)")
+@click.option("--voc-root", type=click.Path(), help="folder holding VOCdevkit/ (or VOCdevkit itself)")
+@click.option("--coco-annotations", type=click.Path(dir_okay=False),
+              help="a COCO instances JSON: evaluate the COCO results file --results against it")
 @click.option("--year", default="2007", show_default=True, help="VOC year of the evaluated image set")
 @click.option("--image-set", default="test", show_default=True, help="image set under ImageSets/Main")
 @click.option("--results", type=click.Path(), help="folder of comp4_det_test_<class>.txt files (read, or written "
-              "when --checkpoint is given)")
+              "when --checkpoint is given); with --coco-annotations a COCO results JSON")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="a trained 21-way detector state_dict")
 @click.option("--run", type=click.Path(file_okay=False), help="run directory whose config built the checkpoint")
-@click.option("--metric", type=click.Choice(METRICS), default="voc07", show_default=True)
+@click.option("--metric", type=click.Choice(METRICS), help="VOC data: voc07 (default), voc12 or coco; COCO data: coco")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 @click.option("--out", type=click.Path(dir_okay=False), help="write {metric, mAP, per_class} JSON here")
-def main(voc_root: str, year: str, image_set: str, results: str | None, checkpoint: str | None, run: str | None,
-         metric: str, device: str, out: str | None) -> None:
-    """Per-class AP of detections on a VOC image set, printed as a table and optionally saved as JSON."""
+def main(voc_root: str | None, coco_annotations: str | None, year: str, image_set: str, results: str | None,
+         checkpoint: str | None, run: str | None, metric: str | None, device: str, out: str | None) -> None:
+    """Per-class AP of detections on a VOC image set or a COCO dataset, printed as a table and optionally saved
+    as JSON."""
+    if (voc_root is None) == (coco_annotations is None):
+        raise click.UsageError("give --voc-root DIR (Pascal VOC) or --coco-annotations FILE (COCO), not both")
+    if coco_annotations is not None:
+        if checkpoint is not None or results is None:
+            raise click.UsageError("with --coco-annotations give --results FILE, a COCO results JSON "
+                                   "(--checkpoint needs --voc-root)")
+        if metric not in (None, "coco"):
+            raise click.UsageError(f"--metric {metric}: COCO data is evaluated with the coco metric only")
+        from colt_det.coco_eval import evaluate_coco_results, format_coco_table  # pycocotools only when asked for
+
+        with user_errors():
+            result = evaluate_coco_results(coco_annotations, results)
+        click.echo(format_coco_table(result))
+        if out is not None:
+            atomic_write_json(result, out)
+            click.echo(f"written {out}")
+        return
+    metric = metric or "voc07"
     if results is None and checkpoint is None:
         raise click.UsageError("give --results DIR (results files) or --checkpoint FILE (run inference)")
     with user_errors():

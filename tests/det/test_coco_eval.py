@@ -1,20 +1,29 @@
-"""COCO-style AP through pycocotools on VOC records."""
+"""COCO-style AP through pycocotools: on VOC records, and of COCO results files against COCO instances files."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.util
 import io
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from colt_det.coco_eval import build_coco_ground_truth, evaluate_coco
-from colt_det.data import ImageRecord, ObjectRecord
+from colt_det.coco import CocoCategories, coco_results, write_coco_results
+from colt_det.coco_eval import build_coco_ground_truth, evaluate_coco, evaluate_coco_results
+from colt_det.data import DetectionDataError, ImageRecord, ObjectRecord, xyxy_to_voc
 from colt_det.voc import VOC_CLASSES, load_voc_records
 from colt_det.voc_eval import Detection
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _record(image_id: str, *objects: tuple[str, tuple[float, float, float, float], bool]) -> ImageRecord:
@@ -142,3 +151,217 @@ def test_means_agree_with_cocoeval_summary():
     assert result["mAP"] == pytest.approx(evaluator.stats[0], abs=1e-9)
     assert result["AP50"] == pytest.approx(evaluator.stats[1], abs=1e-9)
     assert result["AP75"] == pytest.approx(evaluator.stats[2], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# COCO data: a results file against an instances file
+
+# Category 9 has only a crowd region: no ground truth to score, so NaN.
+COCO_CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 8, "name": "dog"}, {"id": 9, "name": "crowd_only"}]
+CROWD_BOX = [60.0, 60.0, 30.0, 30.0]
+ONE = pytest.approx(1.0, abs=1e-15)
+
+
+def _instances(rng: np.random.Generator) -> dict:
+    images = [{"id": 100 + i, "file_name": f"{i}.jpg", "width": 120, "height": 100} for i in range(8)]
+    annotations = []
+    for image in images[:-1]:  # the last image has no annotations
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = (float(v) for v in rng.integers(0, 60, size=2))
+            w, h = (float(v) for v in rng.integers(8, 40, size=2))
+            annotations.append({"id": len(annotations) + 1, "image_id": image["id"],
+                                "category_id": int(rng.choice([3, 8])), "bbox": [x, y, w, h], "area": w * h,
+                                "iscrowd": 0})
+    annotations.append({"id": len(annotations) + 1, "image_id": 101, "category_id": 8, "bbox": CROWD_BOX,
+                        "area": 900.0, "iscrowd": 1})
+    annotations.append({"id": len(annotations) + 1, "image_id": 102, "category_id": 9, "bbox": CROWD_BOX,
+                        "area": 900.0, "iscrowd": 1})
+    return {"images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
+
+
+def _records(data: dict) -> tuple[list[ImageRecord], CocoCategories]:
+    """What load_coco gives for `data` (built here, without image files)."""
+    categories = CocoCategories((3, 8, 9), ("cat", "dog", "crowd_only"))
+    records = []
+    for image in data["images"]:
+        objects = [
+            ObjectRecord(name=categories.names[categories.label_of(a["category_id"])],
+                         label=categories.label_of(a["category_id"]),
+                         box=xyxy_to_voc((a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                                          a["bbox"][1] + a["bbox"][3])),
+                         difficult=False, truncated=False, crowd=bool(a["iscrowd"]))
+            for a in data["annotations"] if a["image_id"] == image["id"]
+        ]
+        records.append(ImageRecord(str(image["id"]), Path(image["file_name"]), image["width"], image["height"],
+                                   objects, "", source_id=image["id"]))
+    return records, categories
+
+
+@pytest.fixture
+def instances(tmp_path) -> tuple[Path, dict]:
+    data = _instances(np.random.default_rng(0))
+    path = tmp_path / "instances_test.json"
+    path.write_text(json.dumps(data))
+    return path, data
+
+
+def _perfect(records: list[ImageRecord]) -> dict[str, list[Detection]]:
+    detections: dict[str, list[Detection]] = {}
+    for record in records:
+        for obj in record.objects:
+            if not obj.crowd:
+                detections.setdefault(obj.name, []).append(Detection(record.image_id, 0.9, obj.box))
+    return detections
+
+
+def _direct(path: Path, results_file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """pycocotools on the files, as its own examples run it: the summary stats and the precision array."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(path))
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(str(results_file)), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats, evaluator.eval["precision"][:, :, :, 0, 2]  # area "all", 100 detections
+
+
+def test_coco_results_equal_pycocotools_on_the_written_file(instances, tmp_path, capsys):
+    path, data = instances
+    records, categories = _records(data)
+    rng = np.random.default_rng(1)
+    detections: dict[str, list[Detection]] = {name: [] for name in categories.names}
+    for record in records:
+        for obj in record.objects:
+            if rng.random() < 0.8:  # some misses
+                box = tuple((np.array(obj.box) + rng.normal(0.0, 2.0, 4)).tolist())
+                detections[obj.name].append(Detection(record.image_id, float(rng.random()), box))
+        # False positives, on the empty image too; one on the crowd region of image 101.
+        detections[str(rng.choice(["cat", "dog"]))].append(Detection(record.image_id, float(rng.random()),
+                                                                     (5.0, 5.0, 50.0, 45.0)))
+    detections["dog"].append(Detection("101", 0.99, (61.0, 61.0, 80.0, 80.0)))
+    results_file = tmp_path / "detections.json"
+    write_coco_results(results_file, coco_results(detections, records, categories))
+
+    result = evaluate_coco_results(path, results_file, categories=categories)
+    assert capsys.readouterr().out == ""  # pycocotools' prints are captured
+    stats, precision = _direct(path, results_file)
+    assert set(result) == {"metric", "mAP", "AP50", "AP75", "per_class", "per_class_AP50"}
+    assert 0.2 < result["mAP"] < 0.9 and result["metric"] == "coco"
+    assert result["mAP"] == pytest.approx(stats[0], abs=1e-12)
+    assert result["AP50"] == pytest.approx(stats[1], abs=1e-12)
+    assert result["AP75"] == pytest.approx(stats[2], abs=1e-12)
+    for k, name in enumerate(categories.names):
+        values = precision[:, :, k]
+        if name == "crowd_only":
+            assert (values == -1).all()
+            assert math.isnan(result["per_class"][name]) and math.isnan(result["per_class_AP50"][name])
+        else:
+            assert result["per_class"][name] == pytest.approx(values.mean(), abs=1e-12)
+            assert result["per_class_AP50"][name] == pytest.approx(values[0].mean(), abs=1e-12)
+    # A results list gives the same numbers as the file, and is left as it was.
+    as_list = coco_results(detections, records, categories)
+    before = copy.deepcopy(as_list)
+    assert evaluate_coco_results(path, as_list) == result
+    assert as_list == before
+
+
+def test_perfect_coco_detector_scores_one_and_crowd_hits_are_ignored(instances):
+    path, data = instances
+    records, categories = _records(data)
+    detections = _perfect(records)
+    result = evaluate_coco_results(path, coco_results(detections, records, categories))
+    # pycocotools' precision is tp / (tp + fp + eps): a perfect score is 1 to within 1e-15.
+    assert result["mAP"] == ONE and result["AP50"] == ONE and result["AP75"] == ONE
+    assert result["per_class"]["cat"] == ONE and result["per_class_AP50"]["dog"] == ONE
+    assert math.isnan(result["per_class"]["crowd_only"])
+    # The best-scored dog detection lies on the crowd region of image 101: ignored, still perfect.
+    on_crowd = Detection("101", 0.99, (61.0, 61.0, 90.0, 90.0))
+    with_crowd_hit = {**detections, "dog": [on_crowd, *detections["dog"]]}
+    assert evaluate_coco_results(path, coco_results(with_crowd_hit, records, categories))["mAP"] == ONE
+    # The same box on an image without a crowd region is a false positive ranked first.
+    elsewhere = {**detections, "dog": [Detection("103", 0.99, on_crowd.box), *detections["dog"]]}
+    assert evaluate_coco_results(path, coco_results(elsewhere, records, categories))["per_class"]["dog"] < 0.99
+
+
+def test_coco_results_evaluated_on_some_images(instances):
+    path, data = instances
+    records, categories = _records(data)
+    only = [r for r in records if r.source_id == 100]
+    result = evaluate_coco_results(path, coco_results(_perfect(only), only, categories), image_ids=[100])
+    assert result["mAP"] == ONE  # over all images the other images' objects would be misses
+    assert evaluate_coco_results(path, coco_results(_perfect(only), only, categories))["mAP"] < 0.5
+    with pytest.raises(DetectionDataError, match=r"image id\(s\) \[100\], which are not among the evaluated images"):
+        evaluate_coco_results(path, coco_results(_perfect(only), only, categories), image_ids=[101])
+
+
+def test_no_coco_results_score_zero(instances, tmp_path):
+    path, _ = instances
+    results_file = tmp_path / "none.json"
+    write_coco_results(results_file, [])
+    for results in ([], results_file):
+        result = evaluate_coco_results(path, results)
+        assert result["mAP"] == 0.0 and result["AP50"] == 0.0 and result["AP75"] == 0.0
+        assert result["per_class"]["cat"] == 0.0 and result["per_class_AP50"]["dog"] == 0.0
+        assert math.isnan(result["per_class"]["crowd_only"])
+
+
+def test_coco_results_bad_input(instances, tmp_path):
+    path, data = instances
+    good = {"image_id": 100, "category_id": 3, "bbox": [1.0, 1.0, 5.0, 5.0], "score": 0.5}
+    with pytest.raises(DetectionDataError, match=rf"detections on image id\(s\) \[7\], which are not among the "
+                                                 rf"images of {re.escape(str(path))}"):
+        evaluate_coco_results(path, [good, {**good, "image_id": 7}])
+    with pytest.raises(DetectionDataError, match=r"category id\(s\) \[4\], which are not categories of"):
+        evaluate_coco_results(path, [{**good, "category_id": 4}])
+    with pytest.raises(DetectionDataError, match=r"results: entry 1 is .*expected \{\"image_id\": int"):
+        evaluate_coco_results(path, [good, {**good, "bbox": [1, 2, 3]}])
+    missing = tmp_path / "missing.json"
+    with pytest.raises(DetectionDataError, match=f"{re.escape(str(missing))}: results file not found"):
+        evaluate_coco_results(path, missing)
+    (tmp_path / "dict.json").write_text("{}")
+    with pytest.raises(DetectionDataError, match="a COCO results file is a JSON list of detections, not a dict"):
+        evaluate_coco_results(path, tmp_path / "dict.json")
+    other = CocoCategories((3, 8, 9), ("cat", "dog", "bird"), source="train.json")
+    with pytest.raises(DetectionDataError, match=f"{re.escape(str(path))}: categories differ from those of "
+                                                 "train.json"):
+        evaluate_coco_results(path, [good], categories=other)
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DetectionDataError, match=r"annotations ids \[1\] appear more than once"):
+        evaluate_coco_results(path, [good])
+
+
+def _eval_tool():
+    spec = importlib.util.spec_from_file_location("eval_det_tool", REPO / "tools" / "eval_det.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_eval_det_tool_on_a_coco_results_file(instances, tmp_path):
+    path, data = instances
+    records, categories = _records(data)
+    results_file = tmp_path / "detections.json"
+    write_coco_results(results_file, coco_results(_perfect(records[:4]), records, categories))
+    out = tmp_path / "ap.json"
+    main, runner = _eval_tool(), CliRunner()
+    result = runner.invoke(main, ["--coco-annotations", str(path), "--results", str(results_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = evaluate_coco_results(path, results_file)
+    saved = json.loads(out.read_text())
+    assert saved["mAP"] == pytest.approx(expected["mAP"]) and saved["per_class_AP50"]["cat"] == pytest.approx(
+        expected["per_class_AP50"]["cat"])
+    assert math.isnan(saved["per_class"]["crowd_only"])
+    assert f"| dog | {100 * expected['per_class']['dog']:.2f} | {100 * expected['per_class_AP50']['dog']:.2f} |" \
+        in result.output
+    assert "| crowd_only | n/a (no ground truth) |" in result.output
+
+    write_coco_results(results_file, [{"image_id": 7, "category_id": 3, "bbox": [1, 1, 2, 2], "score": 0.5}])
+    bad = runner.invoke(main, ["--coco-annotations", str(path), "--results", str(results_file)])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: ") and bad.output.count("\n") == 1
+    assert "detections on image id(s) [7]" in bad.output
+    for args in (["--voc-root", str(tmp_path)], ["--metric", "voc07"], ["--checkpoint", str(results_file)]):
+        usage = runner.invoke(main, ["--coco-annotations", str(path), "--results", str(results_file), *args])
+        assert usage.exit_code == 2, usage.output
+    neither = runner.invoke(main, ["--results", str(results_file)])
+    assert neither.exit_code == 2 and "--voc-root DIR (Pascal VOC) or --coco-annotations FILE" in neither.output

@@ -1,4 +1,5 @@
-"""The synthetic VOC: deterministic bytes, real on-disk format, tight boxes, safe (re)generation, the CLI."""
+"""The synthetic VOC and its COCO twin: deterministic bytes, real on-disk formats, tight boxes, the same
+images and objects in both, safe (re)generation, the CLI."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from colt_det import synthetic
+from colt_det.coco import coco_bbox, load_coco
 from colt_det.data import DetectionDataError, DetectionDataset
 from colt_det.synthetic import (
     CLASS_APPEARANCE,
+    COCO_MARKER_NAME,
     MARKER_NAME,
+    coco_instances_path,
+    ensure_synthetic_coco,
     ensure_synthetic_voc,
+    make_synthetic_coco,
     make_synthetic_voc,
 )
 from colt_det.voc import VOC_CLASSES, load_voc_records
@@ -166,3 +172,102 @@ def test_command_line(tmp_path):
     assert (tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000006.jpg").is_file()
     bad = CliRunner().invoke(main, [*args, "--min-objects", "4", "--max-objects", "2"])
     assert bad.exit_code == 1 and "max_objects=2 is invalid" in bad.output
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The COCO twin
+
+
+def _coco_split(root: Path, split: str):
+    return load_coco([(root / split, coco_instances_path(root, split))])
+
+
+def test_coco_twin_holds_the_voc_twins_images_and_objects(tmp_path):
+    params = {"seed": 4, "difficult_fraction": 0.3, **SMALL}
+    devkit = make_synthetic_voc(tmp_path / "voc", **params)
+    root = make_synthetic_coco(tmp_path / "coco", **params)
+    assert root == tmp_path / "coco"
+    assert sorted(str(p.relative_to(root)) for p in root.iterdir()) == ["annotations", COCO_MARKER_NAME, "test",
+                                                                        "train"]
+    difficult = 0
+    for split, image_set in (("train", "trainval"), ("test", "test")):
+        records, categories, stats = _coco_split(root, split)
+        voc_records, _ = load_voc_records(devkit, f"2007:{image_set}")
+        assert stats.num_skipped == 0
+        assert categories.names == VOC_CLASSES and categories.ids == tuple(range(1, 40, 2))
+        assert [r.source_id for r in records] == [int(r.image_id) for r in voc_records]
+        for record, voc in zip(records, voc_records, strict=True):
+            assert record.image_path == root / split / f"{voc.image_id}.jpg"
+            assert record.image_path.read_bytes() == voc.image_path.read_bytes()
+            assert (record.width, record.height) == (voc.width, voc.height)
+            assert [(o.name, o.label, o.box) for o in record.objects] == [(o.name, o.label, o.box) for o in voc.objects]
+            # COCO has no "difficult": the VOC twin's difficult objects are ordinary annotations.
+            assert not any(o.difficult or o.crowd for o in record.objects)
+            difficult += sum(o.difficult for o in voc.objects)
+    assert difficult > 0
+    written = json.loads(coco_instances_path(root, "test").read_text())
+    first = written["annotations"][0]
+    obj = _coco_split(root, "test")[0][0].objects[0]
+    assert first["bbox"] == coco_bbox(obj.box) and first["area"] == first["bbox"][2] * first["bbox"][3]
+    assert all(float(v).is_integer() for a in written["annotations"] for v in a["bbox"])  # whole pixels
+
+
+def test_coco_twin_same_params_same_bytes(tmp_path):
+    first = _tree(make_synthetic_coco(tmp_path / "a", seed=5, **SMALL))
+    assert first == _tree(make_synthetic_coco(tmp_path / "b", seed=5, **SMALL))
+    other = _tree(make_synthetic_coco(tmp_path / "c", seed=6, **SMALL))
+    assert first.keys() == other.keys() and first["train/000001.jpg"] != other["train/000001.jpg"]
+    assert len([k for k in first if k.endswith(".jpg")]) == 10
+
+
+def test_ensure_coco_generates_once_and_regenerates_on_new_params(tmp_path):
+    root = tmp_path / "coco"
+    assert ensure_synthetic_coco(root, seed=0, **SMALL) == root
+    marker = root / COCO_MARKER_NAME
+    stamp = marker.stat().st_mtime_ns
+    assert ensure_synthetic_coco(root, seed=0, **SMALL) == root
+    assert marker.stat().st_mtime_ns == stamp
+    ensure_synthetic_coco(root, seed=1, **SMALL)
+    assert json.loads(marker.read_text())["seed"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["coco"]  # no staging or retired folders left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (ensure_synthetic_coco(empty, **SMALL) / COCO_MARKER_NAME).is_file()
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['size'\]"):
+        ensure_synthetic_coco(root, size=64)
+    with pytest.raises(ValueError, match="max_objects=0"):
+        make_synthetic_coco(root, max_objects=0)
+
+
+def test_coco_twin_refuses_to_replace_foreign_data(tmp_path):
+    (tmp_path / "coco" / "train").mkdir(parents=True)
+    with pytest.raises(DetectionDataError, match="is not a synthetic COCO made by colt_det"):
+        ensure_synthetic_coco(tmp_path / "coco", **SMALL)
+    assert [p.name for p in (tmp_path / "coco").iterdir()] == ["train"]
+    voc = make_synthetic_voc(tmp_path / "both", **SMALL)  # the VOC twin's folder is not the COCO twin's
+    with pytest.raises(DetectionDataError, match="is not a synthetic COCO"):
+        make_synthetic_coco(tmp_path / "both", **SMALL)
+    assert (voc / MARKER_NAME).is_file()
+
+
+def test_killed_coco_generation_never_looks_complete(tmp_path, monkeypatch):
+    def crash(root, params):
+        (root / "train").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_write_coco", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic_coco(tmp_path / "coco", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert (ensure_synthetic_coco(tmp_path / "coco", **SMALL) / COCO_MARKER_NAME).is_file()
+
+
+def test_command_line_coco(tmp_path):
+    args = ["--format", "coco", "--out", str(tmp_path / "coco"), "--image-size", "48", "--n-trainval", "4",
+            "--n-test", "2"]
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"train +4 images", result.output) and re.search(r"test +2 images", result.output)
+    assert (tmp_path / "coco" / "test" / "000006.jpg").is_file()
+    assert coco_instances_path(tmp_path / "coco", "train").is_file()

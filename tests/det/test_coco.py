@@ -1,0 +1,358 @@
+"""COCO instances files: reading into records, category ids, bad input, results lists."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from colt_det.coco import CocoCategories, coco_bbox, coco_results, load_coco, write_coco_results
+from colt_det.data import DetectionDataError, DetectionDataset, voc_to_xyxy, xyxy_to_voc
+from colt_det.voc_eval import Detection
+
+# Out of id order and with gaps: labels follow ascending ids, cat 0, dog 1, person 2.
+CATEGORIES = [{"id": 7, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 40, "name": "person"}]
+IMAGES = [
+    {"id": 11, "file_name": "a.jpg", "width": 64, "height": 48},
+    {"id": 5, "file_name": "b.jpg", "width": 64, "height": 48},
+    {"id": 30, "file_name": "c.jpg", "width": 64, "height": 48},  # no annotations
+]
+ANNOTATIONS = [
+    {"id": 1, "image_id": 11, "category_id": 7, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+    {"id": 2, "image_id": 11, "category_id": 40, "bbox": [29.5, 4.25, 34.5, 43.75], "iscrowd": 0},  # to the border
+    {"id": 3, "image_id": 5, "category_id": 2, "bbox": [9, 9, 21, 31], "iscrowd": 1},
+]
+
+
+def write_coco(
+    root: Path,
+    images: list[dict] | None = None,
+    annotations: list[dict] | None = None,
+    categories: list[dict] | None = None,
+    *,
+    name: str = "instances.json",
+) -> tuple[Path, Path]:
+    """An images folder of grey JPEGs (sized as the entries say) and an instances file, written by hand."""
+    images = copy.deepcopy(IMAGES if images is None else images)
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        size = (image.get("width") or 8, image.get("height") or 8)
+        Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8)).save(images_dir / image["file_name"])
+    path = root / "annotations" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "images": images,
+        "annotations": copy.deepcopy(ANNOTATIONS if annotations is None else annotations),
+        "categories": copy.deepcopy(CATEGORIES if categories is None else categories),
+    }))
+    return images_dir, path
+
+
+@pytest.fixture
+def coco(tmp_path) -> tuple[Path, Path]:
+    return write_coco(tmp_path / "coco")
+
+
+def test_reads_images_objects_and_categories(coco):
+    images_dir, path = coco
+    records, categories, stats = load_coco([coco])
+    assert categories == CocoCategories((2, 7, 40), ("cat", "dog", "person"))
+    assert categories.source == str(path) and len(categories) == 3
+    assert [r.image_id for r in records] == ["11", "5", "30"]  # the file's order
+    first = records[0]
+    assert first.source_id == 11 and first.year == ""
+    assert first.image_path == images_dir / "a.jpg" and (first.width, first.height) == (64, 48)
+    assert [(o.name, o.label) for o in first.objects] == [("dog", 1), ("person", 2)]
+    assert first.objects[0].box == (1.0, 1.0, 20.0, 20.0)
+    assert not any(o.difficult or o.truncated or o.crowd for o in first.objects)
+    (crowd,) = records[1].objects
+    assert crowd.crowd and crowd.ignored and crowd.label == 0 and crowd.name == "cat"
+    assert records[2].objects == []
+    assert stats.num_skipped == 0 and stats.as_dict()["objects"] == 0
+
+    dataset = DetectionDataset(records, classes=categories.names)
+    _, target = dataset[0]
+    assert target["boxes"].tolist() == [[0.0, 0.0, 20.0, 20.0], [29.5, 4.25, 64.0, 48.0]]
+    assert target["labels"].tolist() == [2, 3]
+    assert dataset[1][1]["labels"].tolist() == []  # a crowd region is never a target
+
+
+def test_category_ids_map_both_ways():
+    categories = CocoCategories((2, 7, 40), ("cat", "dog", "person"))
+    assert [categories.label_of(i) for i in (2, 7, 40)] == [0, 1, 2]
+    assert [categories.category_id(k) for k in range(3)] == [2, 7, 40]
+    with pytest.raises(DetectionDataError, match=r"category id 3 is not one of \[2, 7, 40\]"):
+        categories.label_of(3)
+    for label in (-1, 3):
+        with pytest.raises(ValueError, match=r"out of range 0\.\.2"):
+            categories.category_id(label)
+    assert categories.as_coco() == [{"id": 2, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 40, "name": "person"}]
+    with pytest.raises(ValueError, match="not strictly ascending"):
+        CocoCategories((7, 2), ("dog", "cat"))
+    with pytest.raises(ValueError, match="not unique"):
+        CocoCategories((1, 2), ("dog", "dog"))
+    with pytest.raises(ValueError, match="aligned"):
+        CocoCategories((1, 2), ("dog",))
+    assert CocoCategories((1,), ("a",), source="x.json") == CocoCategories((1,), ("a",), source="y.json")
+
+
+def test_box_conversion_is_exact():
+    # COCO [x, y, w, h] is continuous xyxy (x, y, x + w, y + h); voc_to_xyxy gives it back, coco_bbox too.
+    rng = random.Random(0)
+    for _ in range(500):
+        x, y = (rng.randint(0, 600) + rng.choice([0.0, 0.5, 0.25, 0.75, 0.125]) for _ in range(2))
+        w, h = (rng.randint(1, 300) + rng.choice([0.0, 0.5, 0.25]) for _ in range(2))
+        box = xyxy_to_voc((x, y, x + w, y + h))
+        assert voc_to_xyxy(box) == (x, y, x + w, y + h)
+        assert coco_bbox(box) == [x, y, w, h]
+    # Values COCO files round to two decimals are exact to float precision.
+    for _ in range(500):
+        x, y, w, h = (round(rng.uniform(0.0, 500.0), 2) for _ in range(4))
+        assert coco_bbox(xyxy_to_voc((x, y, x + w, y + h))) == pytest.approx([x, y, w, h], abs=1e-9)
+
+
+def test_read_boxes_round_trip(coco):
+    records, _, _ = load_coco([coco])
+    boxes = [coco_bbox(o.box) for r in records for o in r.objects]
+    assert boxes == [a["bbox"] for a in ANNOTATIONS]
+
+
+def test_boxes_within_a_pixel_of_the_border_are_clipped(tmp_path):
+    annotations = [
+        {"id": 1, "image_id": 11, "category_id": 7, "bbox": [-0.5, -1.0, 64.9, 10], "iscrowd": 0},
+        {"id": 2, "image_id": 11, "category_id": 2, "bbox": [60, 40, 5, 9], "iscrowd": 0},
+    ]
+    records, _, _ = load_coco([write_coco(tmp_path, IMAGES[:1], annotations)])
+    assert [voc_to_xyxy(o.box) for o in records[0].objects] == [(0.0, 0.0, 64.0, 9.0), (60.0, 40.0, 64.0, 48.0)]
+
+
+def test_several_pairs_are_concatenated(tmp_path):
+    first = write_coco(tmp_path / "one")
+    # The same categories listed in another order are the same categories.
+    second = write_coco(tmp_path / "two", [{"id": 11, "file_name": "z.jpg", "width": 32, "height": 32}],
+                        [{"id": 1, "image_id": 11, "category_id": 40, "bbox": [1, 1, 5, 5]}],
+                        list(reversed(CATEGORIES)))
+    records, categories, _ = load_coco([first, second])
+    assert [(r.image_id, r.image_path.name) for r in records] == [("11", "a.jpg"), ("5", "b.jpg"), ("30", "c.jpg"),
+                                                                 ("11", "z.jpg")]
+    assert records[3].objects[0].name == "person" and not records[3].objects[0].crowd  # iscrowd defaults to 0
+    assert categories.ids == (2, 7, 40)
+
+
+@pytest.mark.parametrize("other, difference", [
+    ([{"id": 7, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 40, "name": "human"}],
+     "id 40 is 'human' here but 'person' there"),
+    ([{"id": 7, "name": "dog"}, {"id": 2, "name": "cat"}, {"id": 41, "name": "person"}], "ids [41] only in"),
+])
+def test_category_mismatch_names_both_files(tmp_path, other, difference):
+    first = write_coco(tmp_path / "one")
+    second = write_coco(tmp_path / "two", categories=other)
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([first, second], on_bad_annotation="skip")
+    message = str(info.value)
+    assert message.startswith(f"{second[1]}: categories differ from those of {first[1]}")
+    assert difference in message and info.value.problem is None
+    # The training categories, handed to the reader of the test set, must match too.
+    _, train_categories, _ = load_coco([first])
+    with pytest.raises(DetectionDataError, match=f"categories differ from those of {first[1]}"):
+        load_coco([second], categories=train_categories)
+    _, same, _ = load_coco([first], categories=train_categories)
+    assert same == train_categories
+
+
+def test_keep_empty(coco, caplog):
+    with caplog.at_level(logging.INFO, logger="colt_det.coco"):
+        records, _, stats = load_coco([coco], keep_empty=False)
+    assert [r.image_id for r in records] == ["11", "5"]  # a crowd-only image has annotations: kept
+    assert stats.num_skipped == 0
+    assert any("left out 1 image(s) without annotations" in r.getMessage() for r in caplog.records)
+
+
+# Each bad case: how to break the data (a change to the JSON's images and annotations, or to image b.jpg of
+# image 5), the problem kind, a message fragment, the skipped image ids, the records left and the
+# annotations of the skipped images.
+
+
+def _set(items: list, index: int, **changes) -> None:
+    items[index].update(changes)
+
+
+def _drop(items: list, index: int, key: str) -> None:
+    del items[index][key]
+
+
+@dataclass(frozen=True)
+class _ImageFile:
+    content: bytes | tuple[int, int] | None  # new bytes, a new image size, or None to delete it
+
+    def apply(self, path: Path) -> None:
+        if self.content is None:
+            path.unlink()
+        elif isinstance(self.content, bytes):
+            path.write_bytes(self.content)
+        else:
+            Image.fromarray(np.zeros((self.content[1], self.content[0], 3), np.uint8)).save(path)
+
+
+BAD = {
+    "unknown_image_id": (lambda i, a: _set(a, 2, image_id=99), "unknown_image_id",
+                         "annotation(s) [3] name image id 99, which is not in 'images'", ["99"], ["11", "5", "30"], 1),
+    "unknown_category": (lambda i, a: _set(a, 2, category_id=3), "unknown_category",
+                         "annotation 3 (image 5) has category id 3, which is not in 'categories' [2, 7, 40]",
+                         ["5"], ["11", "30"], 1),
+    "zero_width": (lambda i, a: _set(a, 2, bbox=[9, 9, 0, 31]), "zero_area_box",
+                   "annotation 3 (image 5) has bbox [9, 9, 0, 31] with non-positive width or height",
+                   ["5"], ["11", "30"], 1),
+    "negative_height": (lambda i, a: _set(a, 2, bbox=[9, 9, 21, -1]), "zero_area_box",
+                        "has bbox [9, 9, 21, -1] with non-positive width or height", ["5"], ["11", "30"], 1),
+    "out_of_image": (lambda i, a: _set(a, 2, bbox=[9, 9, 56.5, 31]), "out_of_image_box",
+                     "annotation 3 (image 5) has bbox [9, 9, 56.5, 31] outside the 64x48 image", ["5"],
+                     ["11", "30"], 1),
+    "on_the_border": (lambda i, a: _set(a, 2, bbox=[64.2, 0, 0.5, 10]), "out_of_image_box",
+                      "lies on the border of the 64x48 image", ["5"], ["11", "30"], 1),
+    "malformed_bbox": (lambda i, a: _set(a, 2, bbox=[9, 9, 21]), "malformed_annotation",
+                       "annotation 3 (image 5) has bbox [9, 9, 21], not [x, y, width, height]", ["5"], ["11", "30"], 1),
+    "malformed_iscrowd": (lambda i, a: _set(a, 0, iscrowd=2), "malformed_annotation",
+                          "annotation 1 (image 11) has iscrowd 2, not 0 or 1", ["11"], ["5", "30"], 2),
+    "missing_size": (lambda i, a: _drop(i, 1, "width"), "bad_image_size",
+                     "image 5 has no width and height 48; both must be positive", ["5"], ["11", "30"], 1),
+    "zero_size": (lambda i, a: _set(i, 1, height=0), "bad_image_size",
+                  "image 5 has width 64 and height 0; both must be positive", ["5"], ["11", "30"], 1),
+    "duplicate_image_id": (lambda i, a: _set(i, 2, id=5), "duplicate_image_id",
+                           "image id 5 appears 2 times in 'images'", ["5", "5"], ["11"], 1),
+    "duplicate_annotation_id": (lambda i, a: _set(a, 2, id=1), "duplicate_annotation_id",
+                                "annotation 1 (image 11): annotation id 1 appears 2 times", ["11", "5"], ["30"], 3),
+    "missing_image": (_ImageFile(None), "missing_image", "b.jpg: image file not found (image 5 of", ["5"],
+                      ["11", "30"], 1),
+    "unreadable_image": (_ImageFile(b"not a jpeg"), "unreadable_image", "b.jpg: cannot decode image 5 of", ["5"],
+                         ["11", "30"], 1),
+    "image_size_mismatch": (_ImageFile((10, 10)), "image_size_mismatch", "b.jpg: image is 10x10 but", ["5"],
+                            ["11", "30"], 1),
+}
+
+
+def _write_bad(tmp_path: Path, case: str) -> tuple[Path, Path]:
+    images, annotations = copy.deepcopy(IMAGES), copy.deepcopy(ANNOTATIONS)
+    change = BAD[case][0]
+    if not isinstance(change, _ImageFile):
+        change(images, annotations)
+    images_dir, path = write_coco(tmp_path, images, annotations)
+    if isinstance(change, _ImageFile):
+        change.apply(images_dir / "b.jpg")
+    return images_dir, path
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_raises_naming_the_file_and_id(tmp_path, case):
+    images_dir, path = _write_bad(tmp_path, case)
+    _, problem, fragment, *_ = BAD[case]
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([(images_dir, path)])
+    message = str(info.value)
+    assert str(path) in message and fragment in message, message
+    assert info.value.problem == problem and "\n" not in message
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_skip_mode_drops_the_image_counts_and_warns(tmp_path, caplog, case):
+    images_dir, path = _write_bad(tmp_path, case)
+    _, problem, fragment, skipped, kept, objects = BAD[case]
+    with caplog.at_level(logging.WARNING, logger="colt_det.coco"):
+        records, _, stats = load_coco([(images_dir, path)], on_bad_annotation="skip")
+    assert [r.image_id for r in records] == kept
+    assert stats.skipped_image_ids == skipped
+    assert stats.as_dict() == {"images": len(skipped), "objects": objects, "images_without_readable_annotation": 0,
+                               "by_problem": {problem: len(skipped)}}
+    assert len(stats.messages) == len(skipped) and fragment in stats.messages[0]
+    assert any(fragment in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+STRUCTURAL = {
+    "not_json": ("{not json", "not a JSON file"),
+    "a_list": ("[]", "not a COCO instances file (the JSON is a list)"),
+    "no_annotations": ({"images": [], "categories": CATEGORIES}, "not a COCO instances file (no 'annotations' list)"),
+    "image_without_file_name": ({"images": [{"id": 3}], "annotations": [], "categories": CATEGORIES},
+                                "images[0] (id 3) has no 'file_name'"),
+    "annotation_without_bbox": ({"images": [], "annotations": [{"id": 4, "image_id": 1, "category_id": 2}],
+                                 "categories": CATEGORIES}, "annotations[0] (id 4) has no 'bbox'"),
+    "entry_not_an_object": ({"images": [3], "annotations": [], "categories": CATEGORIES},
+                            "images[0] is a int, not an object"),
+    "text_id": ({"images": [{"id": "x1", "file_name": "a.jpg"}], "annotations": [], "categories": CATEGORIES},
+                "images[0] has id 'x1', not an integer id"),
+    "category_without_name": ({"images": [], "annotations": [], "categories": [{"id": 1}]},
+                              "categories[0] (id 1) has no 'name'"),
+    "no_categories": ({"images": [], "annotations": [], "categories": []}, "the 'categories' list is empty"),
+    "repeated_category_id": ({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"},
+                                                                               {"id": 1, "name": "b"}]},
+                             "category id(s) [1] appear more than once"),
+    "repeated_category_name": ({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"},
+                                                                                 {"id": 2, "name": "a"}]},
+                               "category name(s) ['a'] appear more than once"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STRUCTURAL))
+def test_structural_problems_always_raise(coco, case):
+    _, path = coco
+    content, fragment = STRUCTURAL[case]
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([coco], on_bad_annotation="skip")
+    assert str(info.value).startswith(f"{path}: ") and fragment in str(info.value), str(info.value)
+    assert info.value.problem is None and "\n" not in str(info.value)
+
+
+def test_missing_files_say_where_and_how(coco, tmp_path):
+    images_dir, path = coco
+    missing = tmp_path / "nowhere.json"
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([(images_dir, missing)], on_bad_annotation="skip")
+    assert str(info.value).startswith(f"{missing}: annotations file not found")
+    assert "make_synthetic_voc.py --format coco" in str(info.value)
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([(tmp_path / "no_images", path)], on_bad_annotation="skip")
+    assert str(info.value).startswith(f"{tmp_path / 'no_images'}: images folder not found (the images of {path})")
+
+
+def test_bad_arguments_rejected(coco):
+    with pytest.raises(ValueError, match="on_bad_annotation"):
+        load_coco([coco], on_bad_annotation="ignore")  # type: ignore[arg-type]
+    for pairs in ([], coco, "images"):
+        with pytest.raises(ValueError, match=r"expected a list of \(images_dir, annotations_json\) pairs"):
+            load_coco(pairs)  # type: ignore[arg-type]
+
+
+def test_coco_results_use_the_datasets_ids(coco, tmp_path):
+    records, categories, _ = load_coco([coco])
+    detections = {
+        "dog": [Detection("11", 0.75, (1.0, 1.0, 20.0, 20.0))],
+        "cat": [Detection("30", 0.5, (10.5, 3.0, 20.0, 13.25)), Detection("5", 0.25, (1.0, 1.0, 1.0, 1.0))],
+    }
+    results = coco_results(detections, records, categories)
+    assert results == [
+        {"image_id": 30, "category_id": 2, "bbox": [9.5, 2.0, 10.5, 11.25], "score": 0.5},
+        {"image_id": 5, "category_id": 2, "bbox": [0.0, 0.0, 1.0, 1.0], "score": 0.25},
+        {"image_id": 11, "category_id": 7, "bbox": [0.0, 0.0, 20.0, 20.0], "score": 0.75},
+    ]
+    out = tmp_path / "out" / "detections.json"
+    write_coco_results(out, results)
+    assert json.loads(out.read_text()) == results
+    write_coco_results(out, [])
+    assert json.loads(out.read_text()) == []
+    with pytest.raises(ValueError):
+        write_coco_results(out, [{**results[0], "score": math.nan}])
+    assert json.loads(out.read_text()) == []  # the failed write left the file alone
+
+    with pytest.raises(DetectionDataError, match="on image '99', which is not in the evaluated records"):
+        coco_results({"dog": [Detection("99", 0.5, (1, 1, 2, 2))]}, records, categories)
+    with pytest.raises(DetectionDataError, match="unknown classes"):
+        coco_results({"unicorn": []}, records, categories)
