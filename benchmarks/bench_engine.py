@@ -99,12 +99,13 @@ def bench_training_overhead(repeats: int, batches: int, batch_size: int) -> None
 
 
 def bench_detector_masks(repeats: int) -> None:
-    from colt_det.model import build_vgg16_faster_rcnn, prune_group_specs
+    from colt_det.detectors import VGG16, prune_group_specs
+    from colt_det.model import build_vgg16_faster_rcnn
 
     torch.manual_seed(0)
     model = build_vgg16_faster_rcnn(21, min_size=224, max_size=224)
     total = sum(p.numel() for p in model.parameters())
-    groups = resolve_prune_groups(model, prune_group_specs(), {"conv": 0.15, "fc": 0.20},
+    groups = resolve_prune_groups(model, prune_group_specs(model, VGG16), {"conv": 0.15, "fc": 0.20},
                                   ["roi_heads.box_predictor"])
     names = [n for g in groups for n in g.params]
     weights = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}

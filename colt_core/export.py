@@ -305,19 +305,40 @@ def _keep_name(name: str) -> str | None:
     return name
 
 
-@dataclass
-class ExportTarget:
-    """What a front end exports: its model (built from the architecture) and the exported weights' names.
+@dataclass(frozen=True)
+class ExportView:
+    """One exported file (dense, and sparse beside it): which weights under which names.
 
     `rename` maps a model state_dict key to its name in the exported file, or None to leave it out
-    (the detector keeps its backbone only, keyed like torchvision's `vgg16().features`).
+    (a detector's backbone view keeps the backbone only, keyed like its torchvision classification model).
     """
+
+    rename: Callable[[str], str | None] = _keep_name
+    stem: str = "model"
+    description: str = "the model's state_dict"
+
+
+def _as_is(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return state
+
+
+@dataclass
+class ExportTarget:
+    """What a front end exports: its model (built from the architecture), the main view of its weights
+    (`rename`, `stem`, `description`) and further views (`extra_views`, e.g. the whole detector beside its
+    backbone). `complete` gives a state_dict what the rebuilt model has and the run's file may lack (the
+    batch counters of norm layers torchvision froze), so that it loads strictly."""
 
     model: nn.Module
     output_layers: tuple[str, ...] = ()
     rename: Callable[[str], str | None] = _keep_name
     stem: str = "model"
     description: str = "the model's state_dict"
+    extra_views: tuple[ExportView, ...] = ()
+    complete: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = _as_is
+
+    def views(self) -> list[ExportView]:
+        return [ExportView(self.rename, self.stem, self.description), *self.extra_views]
 
 
 @dataclass
@@ -353,6 +374,23 @@ def _renamed_groups(model_report: Mapping[str, Any], renamed: Mapping[str, str])
             members.setdefault(row["group"], []).append(renamed[name])
     rates = {g: row.get("rate_per_round", 0.0) for g, row in model_report.get("groups", {}).items()}
     return [PruneGroup(g, float(rates.get(g, 0.0)), tuple(names)) for g, names in members.items()]
+
+
+def _view(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], view: ExportView
+          ) -> tuple[OrderedDict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of one view under their exported names, their masks, and the names it renamed."""
+    exported: OrderedDict[str, torch.Tensor] = OrderedDict()
+    exported_mask: dict[str, torch.Tensor] = {}
+    renamed: dict[str, str] = {}
+    for name, tensor in weights.items():
+        new = view.rename(name)
+        if new is None:
+            continue
+        exported[new] = tensor
+        if name in mask:
+            exported_mask[new] = mask[name]
+            renamed[name] = new
+    return exported, exported_mask, renamed
 
 
 def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
@@ -392,7 +430,7 @@ def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
                         weights_path, revived)
     else:
         weights_path, raw = run.init, ticket.init
-    weights = masked_state_dict(raw, ticket.mask)
+    weights = target.complete(masked_state_dict(raw, ticket.mask))
     try:
         target.model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -400,31 +438,27 @@ def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
         raise ExportError(f"mismatched architecture: {weights_path} does not fit the model built from "
                           f"{ticket.architecture.get('name')!r}: {' '.join(first[:3])}") from None
 
-    exported: OrderedDict[str, torch.Tensor] = OrderedDict()
-    exported_mask: dict[str, torch.Tensor] = {}
-    renamed: dict[str, str] = {}
-    for name, tensor in weights.items():
-        new = target.rename(name)
-        if new is None:
-            continue
-        exported[new] = tensor
-        if name in ticket.mask:
-            exported_mask[new] = ticket.mask[name]
-            renamed[name] = new
-    if not exported:
-        raise ExportError(f"nothing to export: no weight of {ticket.architecture.get('name')!r} is part of "
-                          f"{target.description}")
-
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    exported_report = sparsity_report(exported_mask, _renamed_groups(ticket.sparsity, renamed))
     meta = {"run_dir": str(run_dir), "round": r, "source": source, "architecture": ticket.architecture,
             "contents": target.description}
-    files = {"dense": out_dir / f"{target.stem}.pth", "sparse": out_dir / f"{target.stem}.sparse.pt",
-             "ticket": out_dir / "ticket.pt", "sparsity_md": out_dir / "sparsity.md",
-             "sparsity_json": out_dir / "sparsity.json", "manifest": out_dir / "export.json"}
-    atomic_save(exported, files["dense"])
-    save_sparse(exported, files["sparse"], exported_mask, meta=meta)
+    files: dict[str, Path] = {}
+    reports: list[dict[str, Any]] = []
+    for i, view in enumerate(target.views()):
+        exported, exported_mask, renamed = _view(weights, ticket.mask, view)
+        if not exported:
+            raise ExportError(f"nothing to export: no weight of {ticket.architecture.get('name')!r} is part of "
+                              f"{view.description}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        keys = ("dense", "sparse") if i == 0 else (view.stem, f"{view.stem}_sparse")
+        files[keys[0]], files[keys[1]] = out_dir / f"{view.stem}.pth", out_dir / f"{view.stem}.sparse.pt"
+        atomic_save(exported, files[keys[0]])
+        save_sparse(exported, files[keys[1]], exported_mask, meta={**meta, "contents": view.description})
+        reports.append(sparsity_report(exported_mask, _renamed_groups(ticket.sparsity, renamed)))
+        if i == 0:
+            main_exported = exported
+    exported_report = reports[0]
+    files.update(ticket=out_dir / "ticket.pt", sparsity_md=out_dir / "sparsity.md",
+                 sparsity_json=out_dir / "sparsity.json", manifest=out_dir / "export.json")
     save_ticket(Ticket(mask=ticket.mask, init=ticket.init, architecture=ticket.architecture,
                        sparsity=ticket.sparsity, meta={**ticket.meta, "exported_from": str(run_dir)}),
                 files["ticket"])
@@ -438,7 +472,7 @@ def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
                        "exported_sparsity": exported_report["overall"]["sparsity"]}, files["manifest"])
     return ExportResult(out_dir=out_dir, files=files, sizes=sizes, round=r, source=source,
                         architecture=dict(ticket.architecture), model_report=ticket.sparsity,
-                        exported_report=exported_report, model=target.model, exported=dict(exported))
+                        exported_report=exported_report, model=target.model, exported=dict(main_exported))
 
 
 # ----- ONNX -----------------------------------------------------------------------------------------

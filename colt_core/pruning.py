@@ -38,12 +38,15 @@ def resolve_prune_groups(
     specs: Mapping[str, Mapping[str, Sequence[str]]],
     rates: Mapping[str, float],
     output_layers: Sequence[str] = (),
+    *,
+    include_frozen: bool = False,
 ) -> list[PruneGroup]:
     """Select the prunable weights of `model` for each group spec.
 
     A spec is `{"types": [module class names], "include": [regexes], "exclude": [regexes]}` matched
     against the module's `weight` parameter name. Output layers, biases and norm layers are never
-    pruned; output layers, include patterns and rates that name nothing are errors.
+    pruned, nor weights the model keeps frozen (`requires_grad` off) unless `include_frozen`; output
+    layers, include patterns and rates that name nothing are errors.
     """
     modules = dict(model.named_modules())
     for layer in output_layers:
@@ -79,6 +82,8 @@ def resolve_prune_groups(
                 raise ValueError(f"prune group {gname!r}: norm layer type {type(module).__name__} is never pruned")
             pname = f"{mname}.weight"
             if is_output(mname) or any(e.search(pname) for e in exclude):
+                continue
+            if not weight.requires_grad and not include_frozen:
                 continue
             if include:
                 hits = [i for i, p in enumerate(include) if p.search(pname)]

@@ -121,7 +121,8 @@ class RoundLoop:
         seed_everything(0)
         model = self.task.build_model(self.num_classes)
         specs = {k: _spec_dict(v) for k, v in (self.prune.groups or self.task.default_prune_groups).items()}
-        groups = resolve_prune_groups(model, specs, self.prune.rates, self.output_layers)
+        groups = resolve_prune_groups(model, specs, self.prune.rates, self.output_layers,
+                                      include_frozen=self.prune.prune_frozen)
         return groups, sum(p.numel() for p in model.parameters())
 
     def _build(self, num_outputs: int, head_key: Any, start: Mapping[str, torch.Tensor], mask: Mask,

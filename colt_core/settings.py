@@ -64,6 +64,8 @@ class PruneConfig:
     rewind_iteration: int = field(0, help="0: rewind to θ0; k > 0: late rewinding to the weights at iteration k",
                                   check=at_least(0))
     on_layer_collapse: Literal["error", "warn"] = field("error", help="what to do when a layer loses every weight")
+    prune_frozen: bool = field(False, help="also prune weights the model keeps frozen (e.g. torchvision's "
+                                           "trainable_backbone_layers); they are left alone by default")
     evaluate: Literal["first_last", "final", "all", "none"] = field(
         "first_last",
         help="which tickets to train on the full data and evaluate: dense+final, final, every round, none")

@@ -89,7 +89,8 @@ def check_ticket_fits(ticket: Ticket, model: nn.Module, output_layers=(), source
                               f"{tuple(state[name].shape)} in this model; architectures differ "
                               f"(ticket: {ticket.architecture})")
     for key, value in state.items():
-        if any(key.startswith(o + ".") for o in output_layers):
+        # Output layers may differ; a norm layer's batch counter is no weight (a frozen norm layer has none).
+        if any(key.startswith(o + ".") for o in output_layers) or key.endswith("num_batches_tracked"):
             continue
         if key not in ticket.init:
             raise TicketError(f"{source}: θ0 has no entry {key!r}; the model's architecture differs "

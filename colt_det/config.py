@@ -46,8 +46,18 @@ class DataConfig(BaseDataConfig):
 
 @dataclass
 class ModelConfig:
-    """Faster R-CNN VGG16 and its tiny variants."""
+    """The detector: the paper's Faster R-CNN VGG16 (and its tiny variants), or a torchvision detector by name."""
 
+    arch: str = field("vgg16", help="vgg16 (the paper's Faster R-CNN VGG16; the settings below shape it), or a "
+                                    "torchvision builder: fasterrcnn_resnet50_fpn(_v2), fasterrcnn_mobilenet_v3_large"
+                                    "(_320)_fpn, retinanet_resnet50_fpn(_v2), fcos_resnet50_fpn, ssd300_vgg16, "
+                                    "ssdlite320_mobilenet_v3_large")
+    kwargs: dict[str, Any] = field(default_factory=dict,
+                                   help="further keywords for the builder and its model (min_size, "
+                                        "trainable_backbone_layers, box_score_thresh, ...)")
+    pretrained: Literal["none", "coco"] | None = field(
+        None, help="coco: start from torchvision's COCO-trained detector (its DEFAULT weights), with fresh "
+                   "class-specific output layers for the data's classes; null/none: no detector weights")
     width: float = field(1.0, help="backbone channel multiplier (1.0 = VGG16)", check=positive)
     head_dim: int = field(4096, help="fc6/fc7 size (4096 = VGG16)", check=at_least(1))
     head_dropout: float = field(0.5, help="dropout after fc6 and fc7", check=closed_interval(0.0, 0.95))
@@ -78,11 +88,32 @@ class ModelConfig:
                    "weights); set it to pin the file")
 
     def validate(self) -> list[tuple[str, str]]:
+        if self.arch != "vgg16":
+            return self._check_torchvision_arch()
+        if self.pretrained == "coco":
+            return [("pretrained", "torchvision has no COCO-trained Faster R-CNN VGG16; use a torchvision arch, "
+                                   "or pretrained_backbone: imagenet")]
         if self.pretrained_backbone == "imagenet" and self.norm == "group":
             return [("pretrained_backbone", "torchvision has no ImageNet VGG16 with GroupNorm; use norm none or "
                                             "batch, or a local file")]
         if self.pretrained_backbone == "imagenet" and self.width != 1.0:
             return [("pretrained_backbone", f"ImageNet VGG16 weights need width 1.0, got {self.width}")]
+        return []
+
+    def _check_torchvision_arch(self) -> list[tuple[str, str]]:
+        from colt_det.detectors import FAMILIES
+
+        if self.arch not in FAMILIES:
+            return [("arch", f"{self.arch!r} is not a supported detector; choose vgg16 or one of "
+                             f"{', '.join(sorted(FAMILIES))}")]
+        defaults = ModelConfig()
+        for name in _VGG16_ONLY:
+            if getattr(self, name) != getattr(defaults, name):
+                return [(name, f"shapes the vgg16 detector only; for {self.arch} pass builder keywords in "
+                               f"model.kwargs (e.g. model.kwargs.min_size)")]
+        if self.pretrained_backbone not in (None, "none", "imagenet"):
+            return [("pretrained_backbone", f"a local file is read for vgg16 only; for {self.arch} use imagenet "
+                                            "(torchvision's weights API) or none")]
         return []
 
     def build_kwargs(self) -> dict[str, Any]:
@@ -98,12 +129,19 @@ class ModelConfig:
             rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
             box_batch_size_per_image=self.box_batch_size_per_image,
             box_positive_fraction=self.box_positive_fraction, box_score_thresh=self.box_score_thresh,
-            box_detections_per_img=self.box_detections_per_img, init=self.init)
+            box_detections_per_img=self.box_detections_per_img, init=self.init, **self.kwargs)
 
-    def architecture(self) -> dict[str, Any]:
-        """The JSON-able description stored in tickets of this detector (21 outputs: 20 classes + background)."""
-        return {"name": DETECTION_ARCHITECTURE, "task": "detection", **asdict(self),
-                "num_classes": len(VOC_CLASSES) + 1}
+    def architecture(self, num_classes: int = len(VOC_CLASSES) + 1) -> dict[str, Any]:
+        """The JSON-able description stored in tickets (`num_classes` counts the background)."""
+        name = DETECTION_ARCHITECTURE if self.arch == "vgg16" else self.arch
+        return {"name": name, "task": "detection", **asdict(self), "num_classes": num_classes}
+
+
+# ModelConfig settings that shape the VGG16 detector only; other archs take builder keywords (model.kwargs).
+_VGG16_ONLY = ("width", "head_dim", "head_dropout", "norm", "roi_pool", "min_size", "max_size", "anchor_sizes",
+               "aspect_ratios", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+               "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_batch_size_per_image",
+               "box_positive_fraction", "box_score_thresh", "box_detections_per_img", "init")
 
 
 @dataclass

@@ -9,39 +9,46 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torchvision.models.detection import FasterRCNN
+from torch import nn
 
 from colt_core.config import from_dict
-from colt_core.export import ExportError, ExportTarget, export_onnx, run_onnx
+from colt_core.export import ExportError, ExportTarget, ExportView, export_onnx, run_onnx
 from colt_det.config import DETECTION_ARCHITECTURE, DetRunConfig, ModelConfig
-from colt_det.model import BACKBONE_PREFIX, DETECTOR_OUTPUT_LAYERS, build_vgg16_faster_rcnn
+from colt_det.detectors import FAMILIES, VGG16, DetectorFamily, backbone_key, family, with_batch_counters
+from colt_det.detectors import build as build_torchvision
+from colt_det.model import build_vgg16_faster_rcnn
+from colt_det.voc import VOC_CLASSES
 
-BACKBONE_STEM = "vgg16_backbone"
+DETECTOR_STEM = "detector"
 ONNX_OUTPUTS = ("boxes", "labels", "scores")  # the order of torchvision's output dict
 
 
-def architecture_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ticket architecture of a detection run config (as the trainer writes it), validated.
+def architecture_from_config(config: Mapping[str, Any], num_classes: int = len(VOC_CLASSES) + 1) -> dict[str, Any]:
+    """The ticket architecture of a detection run config (as the task writes it), validated; `num_classes`
+    counts the background.
 
     Raises ``ConfigError`` when ``config`` is not a detection run config.
     """
-    return from_dict(DetRunConfig, config).model.architecture()
+    return from_dict(DetRunConfig, config).model.architecture(num_classes)
 
 
-def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
-    """Rebuild the detector a ticket's architecture describes (never reading a pretrained file).
+def build_detector(architecture: Mapping[str, Any]) -> nn.Module:
+    """Rebuild the detector a ticket's architecture describes, from scratch (never reading pretrained weights).
 
-    The weights are loaded from the ticket or run afterwards, so the pretrained backbone the run may
-    have started from is not needed here (nor the machine it lived on).
+    The weights are loaded from the ticket or run afterwards, so the weights the run may have started from
+    are not needed here (nor the machine they lived on). A torchvision detector is built as
+    `get_model(arch, weights=None, weights_backbone=None, num_classes=K, **model.kwargs)`.
     """
     name = architecture.get("name")
-    if name != DETECTION_ARCHITECTURE:
-        raise ValueError(f"not a detection architecture: name {name!r} (expected {DETECTION_ARCHITECTURE!r})")
+    if name != DETECTION_ARCHITECTURE and name not in FAMILIES:
+        raise ValueError(f"not a detection architecture: name {name!r} (expected {DETECTION_ARCHITECTURE!r} or a "
+                         f"torchvision detector: {', '.join(sorted(FAMILIES))})")
     model_keys = {f.name for f in fields(ModelConfig)}
     unknown = sorted(set(architecture) - model_keys - {"name", "task", "num_classes", "pretrained"})
     if unknown:
@@ -51,17 +58,18 @@ def build_detector(architecture: Mapping[str, Any]) -> FasterRCNN:
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (classes + background), got {num_classes!r}")
     m = from_dict(ModelConfig, {k: v for k, v in architecture.items() if k in model_keys}, prefix="model")
+    if m.arch != "vgg16":
+        return build_torchvision(m.arch, num_classes, kwargs=m.kwargs)
     # The same arguments as DetectionTask.build_model, so the parameter names and shapes match.
     return build_vgg16_faster_rcnn(num_classes, **m.build_kwargs())
 
 
 def is_detection_architecture(architecture: Mapping[str, Any]) -> bool:
-    return architecture.get("task") == "detection" or architecture.get("name") == DETECTION_ARCHITECTURE
+    return architecture.get("task") == "detection" or architecture.get("name") in (DETECTION_ARCHITECTURE, *FAMILIES)
 
 
-def backbone_key(name: str) -> str | None:
-    """A detector key as its ``torchvision.models.vgg16().features`` key; None outside the backbone."""
-    return name[len(BACKBONE_PREFIX):] if name.startswith(BACKBONE_PREFIX) else None
+def architecture_family(architecture: Mapping[str, Any]) -> DetectorFamily:
+    return family(str(architecture.get("arch", "vgg16")))
 
 
 def torchvision_vgg_name(architecture: Mapping[str, Any]) -> str | None:
@@ -75,16 +83,57 @@ def is_torchvision_compatible(architecture: Mapping[str, Any]) -> bool:
 
 
 def detection_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
-    """Export the detector's VGG16 backbone, keyed like ``torchvision.models.vgg16().features``."""
-    return ExportTarget(model=build_detector(architecture), output_layers=DETECTOR_OUTPUT_LAYERS,
-                        rename=backbone_key, stem=BACKBONE_STEM,
-                        description="the VGG16 backbone (keys of torchvision.models.vgg16().features)")
+    """The pruned backbone under the keys of its torchvision classification model (VGG16 features, ResNet-50,
+    MobileNetV3 features) where there is one, and the whole detector beside it."""
+    model = build_detector(architecture)
+    fam = architecture_family(architecture)
+    detector = ExportView(stem=DETECTOR_STEM, description=f"the whole {architecture.get('name')} detector")
+    common = dict(model=model, output_layers=tuple(fam.class_output_layers(model)),
+                  complete=partial(with_batch_counters, model))
+    if fam.backbone is None:
+        return ExportTarget(**common, rename=detector.rename, stem=detector.stem, description=detector.description)
+    return ExportTarget(**common, rename=partial(backbone_key, fam), stem=f"{fam.backbone}_backbone",
+                        description=f"the backbone (keys of {fam.backbone_target})", extra_views=(detector,))
+
+
+# The input side torchvision's builders resize to by default, where it is not Faster R-CNN's 800.
+_BUILDER_SIDES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320,
+                  "fasterrcnn_mobilenet_v3_large_320_fpn": 320}
 
 
 def onnx_image_size(architecture: Mapping[str, Any]) -> int:
     """The example image side for tracing: the detector's own input size."""
-    size = architecture.get("min_size", 600)
+    if architecture.get("arch", "vgg16") == "vgg16":
+        size = architecture.get("min_size", 600)
+    else:
+        size = (architecture.get("kwargs") or {}).get("min_size", _BUILDER_SIDES.get(str(architecture["arch"]), 800))
     return int(max(size) if isinstance(size, (list, tuple)) else size)
+
+
+def loading_hint(architecture: Mapping[str, Any]) -> list[str]:
+    """How the exported files load into plain torchvision models (printed by the export tool)."""
+    fam = architecture_family(architecture)
+    name, kwargs = architecture.get("name"), architecture.get("kwargs") or {}
+    lines = []
+    if fam is not VGG16:
+        extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+        lines.append(f"the detector loads with torchvision.models.get_model({name!r}, weights=None, "
+                     f"weights_backbone=None, num_classes={architecture.get('num_classes')}{extra})"
+                     ".load_state_dict(torch.load('detector.pth'))")
+        if fam.backbone is not None:
+            strict = "" if fam.backbone_part else ", strict=False (it has no classifier)"
+            lines.append(f"the backbone loads with {fam.backbone_target}.load_state_dict(torch.load(...){strict})")
+        return lines
+    vgg = torchvision_vgg_name(architecture)
+    if is_torchvision_compatible(architecture):
+        lines.append(f"the backbone loads with torchvision.models.{vgg}().features.load_state_dict(torch.load(...))")
+    elif vgg is None:
+        lines.append("GroupNorm backbone: keys follow the VGG16 layout with a norm after each conv; no torchvision "
+                     "model has it (load it with model.pretrained_backbone)")
+    else:
+        lines.append(f"width {architecture.get('width')}: keys follow torchvision's {vgg}().features, shapes are the "
+                     "narrower model's")
+    return lines
 
 
 def match_detections(got: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray], *,
@@ -140,7 +189,7 @@ def check_detections(check: Mapping[str, Any], path: str | Path) -> None:
                           f"{check['score_atol']:g} of score); the ONNX export is wrong, do not use it")
 
 
-def export_detector_onnx(model: FasterRCNN, path: str | Path, image_size: int,
+def export_detector_onnx(model: nn.Module, path: str | Path, image_size: int,
                          seed: int = 0) -> tuple[Path, dict[str, Any] | None]:
     """Export the detector (one 3×H×W image in, boxes/labels/scores out) to ONNX; check it in onnxruntime.
 

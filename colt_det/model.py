@@ -30,18 +30,6 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, RoIPool
 
 BACKBONE_PREFIX = "backbone.body."
-DETECTOR_OUTPUT_LAYERS = ("roi_heads.box_predictor",)
-
-# Prune groups as anchored regexes over parameter names: the backbone convolutions and the RPN's 3x3 conv
-# share the conv rate, fc6/fc7 the FC rate. A head's class and box outputs are never pruned: the box
-# predictor, and the RPN's 1x1 objectness (cls_logits) and box (bbox_pred) convs, which match neither;
-# nor are biases and norm layers.
-CONV_PRUNE_PATTERNS = (
-    r"^backbone\.body\.\d+\.weight$",
-    r"^rpn\.head\.conv\.\d+\.\d+\.weight$",
-)
-FC_PRUNE_PATTERNS = (r"^roi_heads\.box_head\.fc[67]\.weight$",)
-
 # VGG16 configuration "D" without the last max-pool: numbers are conv output channels, "M" a 2x2 pool.
 _VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 _MIN_CHANNELS = 4
@@ -51,14 +39,6 @@ ROI_POOL_KINDS = ("align", "pool")
 INIT_KINDS = ("xavier", "torchvision")
 NORM_KINDS = ("none", "batch", "group")
 _GROUP_NORM_GROUPS = 32  # Wu & He (2018); narrow layers get fewer, so every group has at least 2 channels
-
-
-def prune_group_specs() -> dict[str, dict[str, list[str]]]:
-    """Prune groups in ``colt_core.pruning.resolve_prune_groups``' spec format (module types + regexes)."""
-    return {
-        "conv": {"types": ["Conv2d"], "include": list(CONV_PRUNE_PATTERNS)},
-        "fc": {"types": ["Linear"], "include": list(FC_PRUNE_PATTERNS)},
-    }
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -158,8 +138,9 @@ def init_detector_weights(model: nn.Module, init: str = "xavier") -> None:
     if init not in INIT_KINDS:
         raise ValueError(f"init must be one of {INIT_KINDS}, got {init!r}")
     if init == "xavier":
-        for name, module in model.named_modules():
-            if name.startswith(DETECTOR_OUTPUT_LAYERS):
+        predictor = set(model.roi_heads.box_predictor.modules())
+        for module in model.modules():
+            if module in predictor:
                 continue
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)

@@ -1,11 +1,13 @@
-"""Pretrained backbone weights the torchvision way, and a record of which weights a run started from.
+"""Pretrained weights the torchvision way, and a record of which weights a run started from.
 
-`model.pretrained_backbone: imagenet` resolves to torchvision's own weights enum for the backbone
-(`VGG16_Weights.IMAGENET1K_V1`, or `VGG16_BN_Weights.IMAGENET1K_V1` for `model.norm: batch`) and loads it
-through torchvision's weights API, which keeps files in torch.hub's cache (`$TORCH_HOME/hub/checkpoints`):
-a file already there needs no network; otherwise torchvision downloads it, and where that fails the run
-stops before any work with one line naming the file, the folder to put it in and the `PATH` alternative.
-A `PATH` is a local state_dict in torchvision's format. Either way the file's SHA-256 is recorded.
+`model.pretrained_backbone: imagenet` resolves to torchvision's own weights enum for the backbone (for
+vgg16 `VGG16_Weights.IMAGENET1K_V1`, or `VGG16_BN_Weights.IMAGENET1K_V1` with `model.norm: batch`; for a
+torchvision detector its builder's default `weights_backbone`), and `model.pretrained: coco` to the
+detector's COCO-trained weights. torchvision's weights API keeps files in torch.hub's cache
+(`$TORCH_HOME/hub/checkpoints`): a file already there needs no network; otherwise torchvision downloads it,
+and where that fails the run stops before any work with one line naming the file, the folder to put it in
+and the alternatives. For vgg16 a `PATH` is a local state_dict in torchvision's format. Either way the
+file's SHA-256 is recorded.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ class PretrainedWeightsError(ConfigError):
 
 @dataclass(frozen=True)
 class PretrainedWeights:
-    """The weights a run's backbone starts from: what was asked for, the file, its SHA-256 and its state."""
+    """The weights a run starts from: what was asked for, the file, its SHA-256, and the enum (torchvision's
+    builders load it) or the state (the vgg16 builder takes it)."""
 
     source: str  # e.g. "VGG16_Weights.IMAGENET1K_V1", or the path given
     file: Path
     sha256: str
     state: Mapping[str, torch.Tensor] = field(repr=False, compare=False, default_factory=dict)
+    weights: WeightsEnum | None = field(default=None, compare=False)
+    detector: bool = False  # the whole detector's weights (model.pretrained: coco), not only its backbone
 
     def describe(self) -> str:
         return f"{self.source} ({self.file.name}, SHA-256 {self.sha256})"
@@ -73,7 +78,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_imagenet(weights: WeightsEnum) -> Path:
+def fetch_weights(weights: WeightsEnum, key: str = "model.pretrained_backbone: imagenet") -> Path:
     """The cached file of `weights`, downloaded by torchvision's weights API when it is not cached yet."""
     path = cache_file(weights)
     if path.is_file():
@@ -82,45 +87,72 @@ def fetch_imagenet(weights: WeightsEnum) -> Path:
         weights.get_state_dict(progress=True, check_hash=True, weights_only=True, map_location="cpu")
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        alternative = ("or pass a local copy as model.pretrained_backbone: PATH"
+                       if isinstance(weights, (VGG16_Weights, VGG16_BN_Weights)) else "or set it to none")
         raise PretrainedWeightsError(
-            f"model.pretrained_backbone: imagenet needs torchvision's {weights_name(weights)}, the file {path.name}, "
-            f"which is not in torch.hub's cache ({path.parent}) and could not be downloaded ({type(exc).__name__}: "
-            f"{first}); put the file there (from {weights.url}) or pass a local copy as "
-            "model.pretrained_backbone: PATH") from None
+            f"{key} needs torchvision's {weights_name(weights)}, the file {path.name}, which is not in torch.hub's "
+            f"cache ({path.parent}) and could not be downloaded ({type(exc).__name__}: {first}); put the file "
+            f"there (from {weights.url}) {alternative}") from None
     return path
 
 
-def resolve_pretrained(source: str | None, norm: str, *, pinned: str | None = None,
-                       dist: DistContext | None = None) -> PretrainedWeights | None:
-    """The weights `model.pretrained_backbone` asks for, loaded (None for none/null).
+def resolve_pretrained(model: Any, *, dist: DistContext | None = None) -> PretrainedWeights | None:
+    """The weights a `model:` config section asks for (None when none): fetched, hashed, checked against
+    `model.pretrained_sha256` when it is set, and for vgg16 read.
 
-    Rank 0 downloads what is missing, once; every rank then reads the file. `pinned` (the config's
-    `model.pretrained_sha256`) must equal the file's SHA-256 when given.
+    Rank 0 downloads what is missing, once; every rank then reads the file.
     """
+    if model.arch != "vgg16":
+        return _resolve_torchvision(model, dist)
+    source = model.pretrained_backbone
     if source in (None, NONE):
         return None
     if source == IMAGENET:
-        weights = imagenet_weights(norm)
-        path, name = run_on_main(dist, fetch_imagenet, weights), weights_name(weights)
+        weights = imagenet_weights(model.norm)
+        path, name = run_on_main(dist, fetch_weights, weights), weights_name(weights)
         fix = f"delete {path} so that torchvision downloads it again"
     else:
-        path, name = Path(source).expanduser(), str(source)
+        weights, path, name = None, Path(source).expanduser(), str(source)
         if not path.is_file():
             raise PretrainedWeightsError(f"model.pretrained_backbone: {path}: no such file; pass a torchvision-format "
                                          "state_dict (e.g. vgg16-397923af.pth), imagenet, or none")
         fix = "pass a torchvision-format state_dict, imagenet, or none"
+    sha256 = _checked_sha256(path, model.pretrained_sha256)
+    state = load_checkpoint(path, fix=f"model.pretrained_backbone: {fix}")
+    if not isinstance(state, Mapping):
+        raise PretrainedWeightsError(f"model.pretrained_backbone: {path} does not hold a state_dict; {fix}")
+    return PretrainedWeights(source=name, file=path, sha256=sha256, state=dict(state), weights=weights)
+
+
+def _resolve_torchvision(model: Any, dist: DistContext | None) -> PretrainedWeights | None:
+    from colt_det.detectors import coco_weights, default_backbone_weights
+
+    if model.pretrained == "coco":
+        weights, key, detector = coco_weights(model.arch), "model.pretrained: coco", True
+    elif model.pretrained_backbone == IMAGENET:
+        weights, key, detector = default_backbone_weights(model.arch), "model.pretrained_backbone: imagenet", False
+        if weights is None:
+            raise PretrainedWeightsError(f"model.pretrained_backbone: {model.arch} has no ImageNet backbone in "
+                                         "torchvision; set it to none")
+    else:
+        return None
+    path = run_on_main(dist, fetch_weights, weights, key)
+    return PretrainedWeights(source=weights_name(weights), file=path,
+                             sha256=_checked_sha256(path, model.pretrained_sha256), weights=weights,
+                             detector=detector)
+
+
+def _checked_sha256(path: Path, pinned: str | None) -> str:
     sha256 = _sha256(path)  # torchvision checks a download's hash; like it, a cached file is taken as it is
     if pinned is not None and pinned != sha256:
         raise PretrainedWeightsError(f"model.pretrained_sha256: the run is pinned to weights with SHA-256 {pinned}, "
                                      f"but {path} has {sha256}; pass the pinned file, or start a new run")
-    state = load_checkpoint(path, fix=f"model.pretrained_backbone: {fix}")
-    if not isinstance(state, Mapping):
-        raise PretrainedWeightsError(f"model.pretrained_backbone: {path} does not hold a state_dict; {fix}")
-    return PretrainedWeights(source=name, file=path, sha256=sha256, state=dict(state))
+    return sha256
 
 
 def record(weights: PretrainedWeights | None) -> dict[str, Any] | None:
     """What ticket files and reports keep of the weights a run started from."""
     if weights is None:
         return None
-    return {"source": weights.source, "file": weights.file.name, "sha256": weights.sha256}
+    return {"source": weights.source, "file": weights.file.name, "sha256": weights.sha256,
+            "of": "detector" if weights.detector else "backbone"}

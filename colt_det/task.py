@@ -22,7 +22,9 @@ from colt_core.task import TrainJob
 from colt_det.coco_eval import evaluate_coco
 from colt_det.config import DetRunConfig
 from colt_det.data import DetectionDataset, ImageRecord, collate_detection
-from colt_det.model import DETECTOR_OUTPUT_LAYERS, build_vgg16_faster_rcnn, prune_group_specs
+from colt_det.detectors import build as build_detector
+from colt_det.detectors import family, prune_group_specs
+from colt_det.model import build_vgg16_faster_rcnn
 from colt_det.predict import detect, losses_in_eval_mode
 from colt_det.pretrained import PretrainedWeights, record, resolve_pretrained
 from colt_det.synthetic import ensure_synthetic_voc
@@ -80,16 +82,14 @@ class DetectionTask:
     """Faster R-CNN VGG16 detectors on Pascal VOC (or its synthetic twin)."""
 
     class_names = VOC_CLASSES
-    output_layers = DETECTOR_OUTPUT_LAYERS
     collate = staticmethod(collate_detection)
 
     def __init__(self, cfg: DetRunConfig, dist: DistContext | None = None,
                  pretrained: PretrainedWeights | None = None) -> None:
         self.cfg = cfg
-        self.default_prune_groups = prune_group_specs()
-        # The backbone's pretrained weights, read once (the tools resolve them before anything else).
-        self.pretrained = pretrained if pretrained is not None else resolve_pretrained(
-            cfg.model.pretrained_backbone, cfg.model.norm, pinned=cfg.model.pretrained_sha256, dist=dist)
+        self.family = family(cfg.model.arch)
+        # The pretrained weights, resolved once (the tools resolve them before anything else).
+        self.pretrained = pretrained if pretrained is not None else resolve_pretrained(cfg.model, dist=dist)
         data = cfg.data
         if data.synthetic is not None:
             # Rank 0 writes the synthetic data; the other ranks read it once it is complete.
@@ -104,20 +104,29 @@ class DetectionTask:
         aug = cfg.augment
         self.train_transform = build_transforms(True, aug.input_size, hflip_p=aug.hflip, jitter=aug.jitter)
         self.eval_transform = build_transforms(False, aug.input_size)
+        # The family names its outputs; a built model turns them (and the prune groups) into its own layers.
+        probe = self.build_model(len(self.class_names))
+        self.output_layers = tuple(self.family.class_output_layers(probe))
+        self.default_prune_groups = prune_group_specs(probe, self.family)
 
     def build_model(self, num_outputs: int) -> nn.Module:
-        """A detector for `num_outputs` object classes (+1 background output), its backbone pretrained when the
-        config asks: θ0 is the pretrained backbone (and fc6/fc7) with freshly initialised RPN and heads."""
-        weights = self.pretrained
+        """A detector for `num_outputs` object classes (+1 background output), pretrained as the config asks: θ0
+        is the pretrained backbone (or COCO detector) with freshly initialised other layers."""
+        weights, model = self.pretrained, self.cfg.model
         try:
-            return build_vgg16_faster_rcnn(num_outputs + 1, **self.cfg.model.build_kwargs(),
-                                           pretrained_backbone=weights.state if weights else None)
+            if model.arch == "vgg16":
+                return build_vgg16_faster_rcnn(num_outputs + 1, **model.build_kwargs(),
+                                               pretrained_backbone=weights.state if weights else None)
+            detector = weights.weights if weights is not None and weights.detector else None
+            backbone = weights.weights if weights is not None and not weights.detector else None
+            return build_detector(model.arch, num_outputs + 1, weights_backbone=backbone, coco=detector,
+                                  kwargs=model.kwargs)
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(f"model: {exc}") from None
 
     def architecture(self) -> dict[str, Any]:
-        """The detector's description for ticket files, with the weights its backbone started from."""
-        return {**self.cfg.model.architecture(), "pretrained": record(self.pretrained)}
+        """The detector's description for ticket files, with the weights it started from."""
+        return {**self.cfg.model.architecture(len(self.class_names) + 1), "pretrained": record(self.pretrained)}
 
     def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None
                  ) -> tuple[DetectionDataset, DetectionDataset]:

@@ -33,6 +33,7 @@ from colt_core.export import (  # noqa: E402
     require_onnx,
     verify_onnx,
 )
+from colt_core.io import read_json  # noqa: E402
 from colt_core.rundir import RunDir, open_run  # noqa: E402
 
 
@@ -69,7 +70,9 @@ def unfinished_run_architecture(run: RunDir) -> dict[str, Any]:
 
     run_dir = run.path
     try:
-        return architecture_from_config(read_yaml(run.config))
+        classes = len(read_json(run.split)["class_names"]) if run.split.is_file() else None
+        config = read_yaml(run.config)
+        return architecture_from_config(config, classes + 1) if classes else architecture_from_config(config)
     except ConfigError as exc:
         raise ExportError(f"{run_dir}: the run is unfinished (no ticket.pt) and its config.yaml is not a "
                           f"detection config ({exc}); finish the run with --resume, then export it") from None
@@ -154,20 +157,15 @@ def main(run_dir: str, out: str, round_index: int | None, final: bool, source: s
     click.echo(f"  sparsity tables: {result.files['sparsity_md'].name}, {result.files['sparsity_json'].name}")
     if onnx_line:
         click.echo(f"  onnx   {onnx_line}")
-    from colt_det.export import is_detection_architecture, is_torchvision_compatible, torchvision_vgg_name
+    from colt_det.export import is_detection_architecture, loading_hint
 
     if is_detection_architecture(arch):
-        vgg = torchvision_vgg_name(arch)
-        if is_torchvision_compatible(arch):
-            click.echo(f"  the backbone loads with "
-                       f"torchvision.models.{vgg}().features.load_state_dict(torch.load(...))")
-        elif vgg is None:
-            click.echo("  GroupNorm backbone: keys follow the VGG16 layout with a norm after each conv; "
-                       "no torchvision model has it (load it with model.pretrained_backbone)")
-        else:
-            click.echo(f"  width {arch.get('width')}: keys follow torchvision's {vgg}().features, shapes are "
-                       "the narrower model's")
-
+        for extra in (k for k in result.files if k.endswith("_sparse") and k != "sparse"):
+            stem = extra.removesuffix("_sparse")
+            click.echo(f"  dense  {result.files[stem].name:<28} {_size(result.sizes[stem]):>10}")
+            click.echo(f"  sparse {result.files[extra].name:<28} {_size(result.sizes[extra]):>10}")
+        for line in loading_hint(arch):
+            click.echo(f"  {line}")
 
 if __name__ == "__main__":
     main()

@@ -39,10 +39,8 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
                 check_voc_sets(cfg.data.root, cfg.data.train_sets)
                 check_voc_sets(cfg.data.root, cfg.data.test_sets)
             # Before any work: weights that cannot be had stop the run here, with nothing written.
-            model = cfg.model
-            weights = resolve_pretrained(model.pretrained_backbone, model.norm, pinned=model.pretrained_sha256,
-                                         dist=dist)
-            model.pretrained_sha256 = weights.sha256 if weights else None  # recorded: --resume refuses others
+            weights = resolve_pretrained(cfg.model, dist=dist)
+            cfg.model.pretrained_sha256 = weights.sha256 if weights else None  # recorded: --resume refuses others
             run = cli.open_run_dir(cfg, resume=resume, overwrite=overwrite, dist=dist)
             from colt_det.task import DetectionTask
 

@@ -27,20 +27,25 @@ from colt_core.task import TrainJob, TrainOutput
 from colt_core.ticket import load_ticket, save_ticket
 from colt_core.weights import snapshot
 from colt_det.config import DataConfig, DetRunConfig, ModelConfig
+from colt_det.detectors import VGG16, prune_group_specs
+from colt_det.detectors import backbone_key as family_backbone_key
 from colt_det.export import (
     ONNX_OUTPUTS,
     architecture_from_config,
-    backbone_key,
     build_detector,
     check_detections,
     detection_export_target,
     export_detector_onnx,
     match_detections,
 )
-from colt_det.model import BACKBONE_PREFIX, prune_group_specs
+from colt_det.model import BACKBONE_PREFIX
 from colt_det.voc import VOC_CLASSES
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def backbone_key(name: str) -> str | None:
+    return family_backbone_key(VGG16, name)
 TINY_MODEL = {"width": 0.0625, "head_dim": 16, "head_dropout": 0.0, "min_size": 64, "max_size": 64,
               "anchor_sizes": [16, 32]}
 
@@ -99,7 +104,7 @@ class FakeDetectionTask:
 
     def __init__(self, config: dict) -> None:
         self.arch = architecture_from_config(config)
-        self.default_prune_groups = prune_group_specs()
+        self.default_prune_groups = prune_group_specs(build_detector(self.arch), VGG16)
 
     def build_model(self, num_outputs: int):
         return build_detector({**self.arch, "num_classes": num_outputs + 1})

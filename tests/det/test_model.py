@@ -12,16 +12,17 @@ import torchvision
 from torch import nn
 
 from colt_core.pruning import resolve_prune_groups
+from colt_det.detectors import VGG16, prune_group_specs
 from colt_det.model import (
     BACKBONE_PREFIX,
-    DETECTOR_OUTPUT_LAYERS,
     SingleLevelRoIPool,
     VGG16Backbone,
     build_vgg16_faster_rcnn,
     group_norm_groups,
     load_vgg16_weights,
-    prune_group_specs,
 )
+
+DETECTOR_OUTPUT_LAYERS = ("roi_heads.box_predictor",)
 
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 LOSS_NAMES = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
@@ -42,7 +43,9 @@ def tiny_model(num_classes: int = 3, seed: int = 0, **kwargs) -> torchvision.mod
 
 def prune_groups(model: nn.Module) -> dict[str, list[str]]:
     """The detector's prune groups as the engine resolves them: group name -> weight names in model order."""
-    resolved = resolve_prune_groups(model, prune_group_specs(), {"conv": 0.2, "fc": 0.2}, DETECTOR_OUTPUT_LAYERS)
+    assert tuple(VGG16.class_output_layers(model)) == DETECTOR_OUTPUT_LAYERS
+    resolved = resolve_prune_groups(model, prune_group_specs(model, VGG16), {"conv": 0.2, "fc": 0.2},
+                                    DETECTOR_OUTPUT_LAYERS)
     return {g.name: list(g.params) for g in resolved}
 
 
@@ -314,7 +317,7 @@ def test_full_width_parameter_count(full_model):
 
 
 def test_full_width_prune_groups_count_every_prunable_weight(full_model):
-    resolved = resolve_prune_groups(full_model, prune_group_specs(), {"conv": 0.15, "fc": 0.2},
+    resolved = resolve_prune_groups(full_model, prune_group_specs(full_model, VGG16), {"conv": 0.15, "fc": 0.2},
                                     DETECTOR_OUTPUT_LAYERS)
     params = dict(full_model.named_parameters())
     counts = {g.name: sum(params[n].numel() for n in g.params) for g in resolved}

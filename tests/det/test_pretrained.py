@@ -125,7 +125,8 @@ def test_a_run_records_its_weights_and_resume_refuses_other_ones(tmp_path):
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert stored["pretrained_sha256"] == sha
     ticket = torch.load(run / "ticket.pt", weights_only=True)
-    assert ticket["architecture"]["pretrained"] == {"source": str(weights), "file": "backbone.pth", "sha256": sha}
+    assert ticket["architecture"]["pretrained"] == {"source": str(weights), "file": "backbone.pth", "sha256": sha,
+                                                    "of": "backbone"}
     report = (run / "report.md").read_text()
     assert f"started from pretrained weights: {weights} (backbone.pth, SHA-256 {sha})" in report
     init = torch.load(run / "init.pt", weights_only=True)
@@ -145,7 +146,8 @@ def test_config_refuses_imagenet_weights_that_cannot_fit():
         from_dict(DetRunConfig, {"model": {"norm": "group", "pretrained_backbone": "imagenet"}})
     with pytest.raises(ConfigError, match=r"model\.pretrained_backbone: ImageNet VGG16 weights need width 1\.0"):
         from_dict(DetRunConfig, {"model": {"width": 0.5, "pretrained_backbone": "imagenet"}})
-    assert resolve_pretrained(None, "none") is None and resolve_pretrained("none", "batch") is None
+    assert resolve_pretrained(ModelConfig()) is None
+    assert resolve_pretrained(ModelConfig(pretrained_backbone="none", norm="batch")) is None
 
 
 def test_the_paper_configs_start_from_imagenet_and_the_demo_from_scratch():
