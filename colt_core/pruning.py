@@ -103,6 +103,11 @@ def resolve_prune_groups(
     return groups
 
 
+def per_layer(groups: Sequence[PruneGroup]) -> list[PruneGroup]:
+    """Every layer of every group as a group of its own, at its group's rate (layer-wise pruning)."""
+    return [PruneGroup(f"{g.name}:{name}", g.rate, (name,)) for g in groups for name in g.params]
+
+
 def prune_count(rate: float, alive: int) -> int:
     """round(rate × alive), halves rounded up, so counts never depend on float formatting."""
     return math.floor(rate * alive + 0.5)

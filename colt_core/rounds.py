@@ -21,7 +21,7 @@ from colt_core.config import ConfigError, to_dict
 from colt_core.distributed import DistContext
 from colt_core.masks import Mask, intersect_masks, ones_mask
 from colt_core.partition import split_classes, validate_groups
-from colt_core.pruning import PruneGroup, magnitude_prune, resolve_prune_groups
+from colt_core.pruning import PruneGroup, magnitude_prune, per_layer, resolve_prune_groups
 from colt_core.ranks import Ranks
 from colt_core.rundir import Evaluation, PartitionResult, RoundRecord, RunDir, RunSummary
 from colt_core.runtime import derive_seed, seed_everything
@@ -223,7 +223,8 @@ class RoundLoop:
 
     def _next_mask(self, trained: list[State], mask: Mask, groups: list[PruneGroup]) -> Mask:
         """Prune each partition's trained weights under the current mask and intersect the results."""
-        masks = [magnitude_prune(state, mask, groups, on_layer_collapse=self.prune.on_layer_collapse)
+        pruned = per_layer(groups) if self.prune.scope == "layer" else groups
+        masks = [magnitude_prune(state, mask, pruned, on_layer_collapse=self.prune.on_layer_collapse)
                  for state in trained]
         return intersect_masks(masks)
 

@@ -66,6 +66,10 @@ class PruneConfig:
     on_layer_collapse: Literal["error", "warn"] = field("error", help="what to do when a layer loses every weight")
     prune_frozen: bool = field(False, help="also prune weights the model keeps frozen (e.g. torchvision's "
                                            "trainable_backbone_layers); they are left alone by default")
+    scope: Literal["global", "layer"] = field(
+        "global", help="global: a group's smallest weights across all its layers (the paper's); layer: every layer "
+                       "loses the group's rate of its own weights, for models whose layers' weights differ in scale "
+                       "(MobileNet's depthwise convs beside an FPN), where global pruning empties whole layers")
     evaluate: Literal["first_last", "final", "all", "none"] = field(
         "first_last",
         help="which tickets to train on the full data and evaluate: dense+final, final, every round, none")

@@ -221,3 +221,19 @@ def test_large_group_with_ties_matches_a_stable_sort_reference():
     expected[order[:k]] = False
     got = torch.cat([new[k_].flatten() for k_ in ("a", "b")])
     assert torch.equal(got, expected)
+
+
+def test_layerwise_pruning_takes_each_layers_share_where_global_would_empty_a_layer():
+    from colt_core.pruning import per_layer
+
+    small = torch.full((10,), 0.01) + torch.arange(10) * 1e-4  # a layer of tiny weights beside a large one
+    large = torch.full((30,), 1.0) + torch.arange(30) * 1e-3
+    weights = {"a": small, "b": large}
+    mask = {"a": torch.ones(10, dtype=torch.bool), "b": torch.ones(30, dtype=torch.bool)}
+    group = [PruneGroup("conv", 0.25, ("a", "b"))]
+    with pytest.raises(LayerCollapseError, match=r"\['a'\]"):
+        magnitude_prune(weights, mask, group)  # global: the 10 smallest of 40 are all of layer a
+    layered = magnitude_prune(weights, mask, per_layer(group))
+    assert (int((~layered["a"]).sum()), int((~layered["b"]).sum())) == (prune_count(0.25, 10), prune_count(0.25, 30))
+    assert layered["a"].tolist() == [False] * 3 + [True] * 7  # each layer's own smallest
+    assert [g.name for g in per_layer(group)] == ["conv:a", "conv:b"]
