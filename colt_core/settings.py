@@ -29,6 +29,15 @@ class TrainConfig:
                                                "shared CPU often run fastest on 1", check=at_least(1))
     progress: bool = field(True, help="progress bars (on a terminal only)")
 
+    def validate(self) -> list[tuple[str, str]]:
+        """The schedule against the epochs and the optimizer, checked on load rather than when training starts."""
+        schedule = self.schedule
+        if schedule.name == "cosine" and schedule.warmup_epochs >= self.epochs:
+            return [("schedule.warmup_epochs", f"must be < epochs ({self.epochs}), got {schedule.warmup_epochs}")]
+        if schedule.name == "cosine" and schedule.eta_min > self.optimizer.lr:
+            return [("schedule.eta_min", f"must be <= optimizer.lr ({self.optimizer.lr}), got {schedule.eta_min}")]
+        return []
+
 
 @dataclass
 class EvalConfig:

@@ -66,7 +66,9 @@ def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fai
         else:
             task = FailingToyTask(sleep=sleep, fail_rank=fail_rank, fail_round=fail_round, fail_mode=fail_mode)
         result = run_toy(run_dir, prune, split, seed=3, task=task, dist=dist)
-        print("rounds", len(result.rounds))
+        # One write per line: the ranks share the launcher's stdout, and print's separate writes interleave.
+        sys.stdout.write(f"rounds {len(result.rounds)}\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
