@@ -67,6 +67,11 @@ class TrainingDir:
         return self.path / "results"
 
     @property
+    def detections(self) -> Path:
+        """The detections of an evaluation as one results file (COCO's format)."""
+        return self.path / "detections.json"
+
+    @property
     def config(self) -> Path:
         return self.path / "config.yaml"
 
@@ -324,10 +329,16 @@ class Evaluation:
                    details={k: v for k, v in metrics.items() if k not in cls._OWN})
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A detail by name (e.g. "top5"), or one of the record's own fields."""
+        """A detail by name (e.g. "top5", or "coco.AP50" inside a nested one), or one of the record's own
+        fields."""
         if key in ("metric", "value", "per_class", "wall_time_s"):
             return getattr(self, key)
-        return self.details.get(key, default)
+        node: Any = self.details
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
 
     def to_dict(self) -> dict[str, Any]:
         train = {"reused": self.reused} if self.reused else (self.training.to_dict() if self.training else {})

@@ -226,6 +226,17 @@ def check_same_categories(expected: CocoCategories, got: CocoCategories) -> None
 # Records
 
 
+def check_coco_files(pairs: Sequence[tuple[str | Path, str | Path]]) -> None:
+    """Raise, naming the path and how to get the data, unless every images folder and annotations file
+    exists (cheap: a run checks it before it fetches anything)."""
+    for images_dir, instances in pairs:
+        if not Path(instances).is_file():
+            raise DetectionDataError(f"{instances}: annotations file not found; {HOW_TO_GET_COCO}")
+        if not Path(images_dir).is_dir():
+            raise DetectionDataError(f"{images_dir}: images folder not found (the images of {instances}); "
+                                     f"{HOW_TO_GET_COCO}")
+
+
 def load_coco(
     pairs: Sequence[tuple[str | Path, str | Path]],
     *,

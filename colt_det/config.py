@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from colt_core.config import at_least, closed_interval, field, open_interval, positive
@@ -15,7 +16,7 @@ DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
 
 @dataclass
 class SyntheticConfig:
-    """Parameters of the synthetic VOC generated under `data.root` when missing."""
+    """Parameters of the synthetic dataset generated under `data.root` when missing (VOC or its COCO twin)."""
 
     seed: int = field(0, help="generator seed")
     image_size: int = field(128, help="square image side in pixels", check=at_least(32))
@@ -24,14 +25,19 @@ class SyntheticConfig:
     min_objects: int = field(1, help="fewest objects per image", check=at_least(1))
     max_objects: int = field(3, help="most objects per image", check=at_least(1))
     difficult_fraction: float = field(0.05, help="share of objects marked difficult", check=closed_interval(0, 1))
+    num_classes: int = field(len(VOC_CLASSES), help="objects come from the first this many VOC class names",
+                             check=closed_interval(1, len(VOC_CLASSES)))
 
 
 @dataclass
 class DataConfig(BaseDataConfig):
-    """Where Pascal VOC lives and which image sets are used (a seeded share of the training images is held
-    out for model selection)."""
+    """Where the data live: a Pascal VOC devkit and its image sets, or COCO instances files and image folders (a
+    seeded share of the training images is held out for model selection)."""
 
-    root: str = field("data/voc", help="folder holding VOCdevkit/ (or the VOCdevkit folder itself)")
+    format: Literal["voc", "coco"] = field("voc", help="voc: a VOCdevkit under root; coco: instances JSON files "
+                                                       "with their image folders (train_* and test_* below)")
+    root: str = field("data/voc", help="voc: the folder holding VOCdevkit/ (or the VOCdevkit folder itself); "
+                                       "with synthetic, where the synthetic data are written")
     train_sets: str = field("2007+2012:trainval", help="training image sets, e.g. 2007:trainval or 2007+2012:trainval")
     test_sets: str = field("2007:test", help="test image sets for the reported mAP")
     keep_difficult: bool = field(False, help="train on difficult objects too (they are always ignored in evaluation)")
@@ -41,7 +47,38 @@ class DataConfig(BaseDataConfig):
     on_bad_test_annotation: Literal["error", "skip"] = field(
         "error", help="test images with a bad annotation: error, or skip, which leaves them out of the reported "
                       "metrics and says how many images and objects in report.md and metrics.json")
-    synthetic: SyntheticConfig | None = field(None, help="generate this synthetic VOC under root when missing")
+    train_images: list[str] = field(default_factory=list, help="coco: the training image folders, one per "
+                                                                 "train_annotations file")
+    train_annotations: list[str] = field(default_factory=list, help="coco: the training instances JSON files")
+    test_images: str | None = field(None, help="coco: the test image folder")
+    test_annotations: str | None = field(None, help="coco: the test instances JSON file")
+    keep_empty_images: bool = field(True, help="coco: keep training images without annotations (all background)")
+    synthetic: SyntheticConfig | None = field(None, help="generate this synthetic dataset under root when missing")
+
+    def validate(self) -> list[tuple[str, str]]:
+        coco_keys = ("train_images", "train_annotations", "test_images", "test_annotations")
+        given = [k for k in coco_keys if getattr(self, k)]
+        if self.format == "voc":
+            return [(given[0], "is for data.format: coco")] if given else []
+        if self.synthetic is not None:
+            return [(given[0], "comes from data.root with a synthetic dataset; leave it out")] if given else []
+        if not self.train_images or len(self.train_images) != len(self.train_annotations):
+            return [("train_annotations", f"needs one instances file per image folder of train_images, got "
+                                          f"{len(self.train_annotations)} for {len(self.train_images)}")]
+        missing = [k for k in ("test_images", "test_annotations") if not getattr(self, k)]
+        return [(missing[0], "is needed with data.format: coco")] if missing else []
+
+    def coco_pairs(self) -> tuple[list[tuple[str, str]], tuple[str, str]]:
+        """The (images, annotations) pairs of the training sets and the test set (the synthetic twin's under
+        root when there is one)."""
+        if self.synthetic is not None:
+            from colt_det.synthetic import coco_instances_path
+
+            root = Path(self.root)
+            return ([(str(root / "train"), str(coco_instances_path(root, "train")))],
+                    (str(root / "test"), str(coco_instances_path(root, "test"))))
+        return (list(zip(self.train_images, self.train_annotations, strict=True)),
+                (str(self.test_images), str(self.test_annotations)))
 
 
 @dataclass
@@ -181,4 +218,6 @@ class DetRunConfig(RunConfig):
     augment: AugmentConfig = field(default_factory=AugmentConfig, help="augmentation")
 
     def validate(self) -> list[tuple[str, str]]:
+        if self.data.format == "coco":  # the classes are the annotation files' categories: checked once read
+            return []
         return check_partitions(self.prune, self.split, len(VOC_CLASSES))

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from colt_core.report import ReportStyle
 
 REPORT = ReportStyle(title="COLT detection run", per_class_title="Per-class AP (%)", per_class_name="ap",
                      per_class_axis="AP (%)", digits=1, mean_row="mAP")
+
+
+def report_style(metric: str) -> ReportStyle:
+    """The report of a run whose headline metric is `metric`: COCO mAP runs show AP50 and AP75 beside it."""
+    if metric != "coco":
+        return REPORT
+    return replace(REPORT, extra_columns={"coco.AP50": "AP50", "coco.AP75": "AP75"})

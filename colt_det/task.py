@@ -19,7 +19,8 @@ from colt_core.distributed import DistContext, run_on_main
 from colt_core.partition import non_iid_keep
 from colt_core.runtime import derive_seed
 from colt_core.task import TrainJob
-from colt_det.coco_eval import evaluate_coco
+from colt_det.coco import coco_results, load_coco, write_coco_results
+from colt_det.coco_eval import evaluate_coco, evaluate_coco_results
 from colt_det.config import DetRunConfig
 from colt_det.data import DetectionDataset, ImageRecord, collate_detection
 from colt_det.detectors import build as build_detector
@@ -27,14 +28,14 @@ from colt_det.detectors import family, prune_group_specs
 from colt_det.model import build_vgg16_faster_rcnn
 from colt_det.predict import detect, losses_in_eval_mode
 from colt_det.pretrained import PretrainedWeights, record, resolve_pretrained
-from colt_det.synthetic import ensure_synthetic_voc
+from colt_det.synthetic import ensure_synthetic_coco, ensure_synthetic_voc
 from colt_det.transforms import build_transforms
 from colt_det.voc import VOC_CLASSES, load_voc_records
 from colt_det.voc_eval import evaluate_voc, write_results_files
 
 
-def split_train_val(records: Sequence[ImageRecord], val_fraction: float, seed: int, *, keep_difficult: bool = False
-                    ) -> tuple[list[ImageRecord], list[ImageRecord]]:
+def split_train_val(records: Sequence[ImageRecord], val_fraction: float, seed: int, *, keep_difficult: bool = False,
+                    num_classes: int = len(VOC_CLASSES)) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """A seeded image-level hold-out of the training images for model selection (never the test set).
 
     A share `val_fraction` of the images, drawn at random; then, so that every partition of classes can be
@@ -43,11 +44,11 @@ def split_train_val(records: Sequence[ImageRecord], val_fraction: float, seed: i
     classes all keep a training image). On a dataset the random draw already covers, nothing moves.
     """
     def classes(i: int) -> set[int]:
-        return {o.label for o in records[i].objects if keep_difficult or not o.difficult}
+        return {o.label for o in records[i].objects if not o.crowd and (keep_difficult or not o.difficult)}
 
     order = np.random.default_rng(seed).permutation(len(records)).tolist()
     val = set(order[:max(1, round(val_fraction * len(records)))])
-    count = {"train": np.zeros(len(VOC_CLASSES), dtype=np.int64), "val": np.zeros(len(VOC_CLASSES), np.int64)}
+    count = {"train": np.zeros(num_classes, dtype=np.int64), "val": np.zeros(num_classes, np.int64)}
     for i in order:
         count["val" if i in val else "train"][list(classes(i))] += 1
 
@@ -79,9 +80,9 @@ def detector_loss(model: nn.Module, batch: tuple[list, list]) -> dict[str, torch
 
 
 class DetectionTask:
-    """Faster R-CNN VGG16 detectors on Pascal VOC (or its synthetic twin)."""
+    """Detectors (Faster R-CNN VGG16 or a torchvision family) on Pascal VOC or COCO-format data."""
 
-    class_names = VOC_CLASSES
+    class_names: Sequence[str] = VOC_CLASSES  # a COCO dataset's category names once it is read
     collate = staticmethod(collate_detection)
 
     def __init__(self, cfg: DetRunConfig, dist: DistContext | None = None,
@@ -91,16 +92,11 @@ class DetectionTask:
         # The pretrained weights, resolved once (the tools resolve them before anything else).
         self.pretrained = pretrained if pretrained is not None else resolve_pretrained(cfg.model, dist=dist)
         data = cfg.data
-        if data.synthetic is not None:
-            # Rank 0 writes the synthetic data; the other ranks read it once it is complete.
-            run_on_main(dist, ensure_synthetic_voc, data.root, **asdict(data.synthetic))
-        records, self.bad_annotations = load_voc_records(data.root, data.train_sets,
-                                                         on_bad_annotation=data.on_bad_annotation)
+        records, self.test_records = self._read_data(dist)
         self.train_records, self.val_records = split_train_val(records, data.val_fraction,
                                                                derive_seed(cfg.seed, "val-split"),
-                                                               keep_difficult=data.keep_difficult)
-        self.test_records, self.test_skipped = load_voc_records(data.root, data.test_sets,
-                                                                on_bad_annotation=data.on_bad_test_annotation)
+                                                               keep_difficult=data.keep_difficult,
+                                                               num_classes=len(self.class_names))
         aug = cfg.augment
         self.train_transform = build_transforms(True, aug.input_size, hflip_p=aug.hflip, jitter=aug.jitter)
         self.eval_transform = build_transforms(False, aug.input_size)
@@ -108,6 +104,29 @@ class DetectionTask:
         probe = self.build_model(len(self.class_names))
         self.output_layers = tuple(self.family.class_output_layers(probe))
         self.default_prune_groups = prune_group_specs(probe, self.family)
+
+    def _read_data(self, dist: DistContext | None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        """The training and test records (a VOC devkit's image sets, or COCO files), the synthetic twin
+        written first when the config asks for one (by rank 0; the others read it once it is complete)."""
+        data = self.cfg.data
+        if data.format == "coco":
+            if data.synthetic is not None:
+                run_on_main(dist, ensure_synthetic_coco, data.root, **asdict(data.synthetic))
+            pairs, test = data.coco_pairs()
+            records, self.categories, self.bad_annotations = load_coco(
+                pairs, on_bad_annotation=data.on_bad_annotation, keep_empty=data.keep_empty_images)
+            test_records, _, self.test_skipped = load_coco([test], on_bad_annotation=data.on_bad_test_annotation,
+                                                           categories=self.categories)
+            self.class_names = self.categories.names
+            return records, test_records
+        if data.synthetic is not None:
+            run_on_main(dist, ensure_synthetic_voc, data.root, **asdict(data.synthetic))
+        self.categories = None
+        records, self.bad_annotations = load_voc_records(data.root, data.train_sets,
+                                                         on_bad_annotation=data.on_bad_annotation)
+        test_records, self.test_skipped = load_voc_records(data.root, data.test_sets,
+                                                           on_bad_annotation=data.on_bad_test_annotation)
+        return records, test_records
 
     def build_model(self, num_outputs: int) -> nn.Module:
         """A detector for `num_outputs` object classes (+1 background output), pretrained as the config asks: θ0
@@ -146,17 +165,26 @@ class DetectionTask:
         return detector_loss(model, batch)
 
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
-        """Per-class AP of a full-data detector on the test set (VOC07, VOC12 and COCO-style); the detections
-        are kept as Pascal VOC results files."""
+        """Per-class AP of a full-data detector on the test set: VOC07 and VOC12 (IoU 0.5) and COCO-style
+        mAP@[.5:.95]; on COCO data the last is pycocotools' COCOeval of the test annotations file. The
+        detections are kept as Pascal VOC results files, or on COCO data as a COCO results file."""
         cfg = self.cfg
+        classes = list(self.class_names)
         detections = detect(model, self.test_records, size=cfg.augment.input_size, device=job.device, amp=job.amp,
                             batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                            progress=cfg.train.progress)
-        write_results_files(job.files.outputs, detections)
-        scores = {"voc07": evaluate_voc(detections, self.test_records, use_07_metric=True),
-                  "voc12": evaluate_voc(detections, self.test_records, use_07_metric=False)}
-        if cfg.eval.coco or cfg.eval.metric == "coco":
-            scores["coco"] = evaluate_coco(detections, self.test_records)
+                            progress=cfg.train.progress, classes=classes)
+        scores = {"voc07": evaluate_voc(detections, self.test_records, use_07_metric=True, classes=classes),
+                  "voc12": evaluate_voc(detections, self.test_records, use_07_metric=False, classes=classes)}
+        if self.categories is not None:
+            results = coco_results(detections, self.test_records, self.categories)
+            write_coco_results(job.files.detections, results)
+            _, test = cfg.data.coco_pairs()
+            scores["coco"] = evaluate_coco_results(test[1], results, categories=self.categories,
+                                                   image_ids=[r.source_id for r in self.test_records])
+        else:
+            write_results_files(job.files.outputs, detections)
+            if cfg.eval.coco or cfg.eval.metric == "coco":
+                scores["coco"] = evaluate_coco(detections, self.test_records, classes)
         primary = scores[cfg.eval.metric]
         skipped = {"test_skipped": self.test_skipped.as_dict()} if self.test_skipped.num_skipped else {}
         return {"metric": f"{cfg.eval.metric} mAP", "value": primary["mAP"], "per_class": primary["per_class"],

@@ -46,14 +46,17 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
 
     from colt_core.runtime import pick_device, use_amp
     from colt_det.config import DetRunConfig
-    from colt_det.model import build_vgg16_faster_rcnn
+    from colt_det.export import build_detector
     from colt_det.predict import detect
     from colt_det.voc import VOC_CLASSES
 
     run_dir = RunDir(run) if run is not None else _run_dir_of(checkpoint)
     cfg = from_dict(DetRunConfig, read_yaml(run_dir.config))
-    # The weights come from the checkpoint, so a pretrained file the run started from is not needed here.
-    model = build_vgg16_faster_rcnn(len(VOC_CLASSES) + 1, **cfg.model.build_kwargs())
+    if cfg.data.format != "voc":
+        raise click.UsageError(f"{run_dir} trained on COCO-format data: evaluate its round's eval/detections.json "
+                               "with --coco-annotations FILE --results FILE")
+    # The weights come from the checkpoint, so the weights the run started from are not needed here.
+    model = build_detector(cfg.model.architecture(len(VOC_CLASSES) + 1))
     state = load_checkpoint(checkpoint)
     try:
         model.load_state_dict(state)

@@ -16,10 +16,11 @@ sys.path.insert(0, str(ROOT))
 
 from colt_core import cli  # noqa: E402
 from colt_core.distributed import distributed_session  # noqa: E402
-from colt_core.report import per_class_columns, per_class_markdown, test_set_note  # noqa: E402
+from colt_core.report import per_class_columns, per_class_markdown, rounds_markdown, test_set_note  # noqa: E402
+from colt_det.coco import check_coco_files  # noqa: E402
 from colt_det.config import DetRunConfig  # noqa: E402
 from colt_det.pretrained import resolve_pretrained  # noqa: E402
-from colt_det.report import REPORT  # noqa: E402
+from colt_det.report import report_style  # noqa: E402
 from colt_det.voc import check_voc_sets  # noqa: E402
 
 
@@ -35,9 +36,13 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
         cli.configure_logging(verbose, dist)
         with cli.user_errors():
             cfg = cli.load_run_config(DetRunConfig, cfg_name, overrides, out, ROOT / "configs")
-            if cfg.data.synthetic is None:  # a missing dataset is named before any weights are fetched
-                check_voc_sets(cfg.data.root, cfg.data.train_sets)
-                check_voc_sets(cfg.data.root, cfg.data.test_sets)
+            data = cfg.data
+            if data.synthetic is None and data.format == "voc":  # a missing dataset is named before any weights
+                check_voc_sets(data.root, data.train_sets)
+                check_voc_sets(data.root, data.test_sets)
+            elif data.synthetic is None:
+                train, test = data.coco_pairs()
+                check_coco_files([*train, test])
             # Before any work: weights that cannot be had stop the run here, with nothing written.
             weights = resolve_pretrained(cfg.model, dist=dist)
             cfg.model.pretrained_sha256 = weights.sha256 if weights else None  # recorded: --resume refuses others
@@ -47,14 +52,16 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
             task = DetectionTask(cfg, dist=dist, pretrained=weights)
         notes = [f"The backbone started from pretrained weights: {weights.describe()}." if weights else
                  "Trained from scratch: no pretrained weights (model.pretrained_backbone: none)."]
+        style = report_style(cfg.eval.metric)
         with cli.user_errors(run):
-            result = cli.find_ticket(task, cfg, run, REPORT, dist, notes)
+            result = cli.find_ticket(task, cfg, run, style, dist, notes)
         if dist is not None and not dist.is_main:
             return
     click.echo("\n" + cli.ticket_line(result))
+    click.echo(rounds_markdown(result.summary, style.extra_columns))
     columns = per_class_columns(result.summary)
     if columns:
-        table = per_class_markdown(columns, task.class_names, digits=REPORT.digits, mean_row=REPORT.mean_row)
+        table = per_class_markdown(columns, task.class_names, digits=style.digits, mean_row=style.mean_row)
         click.echo(f"per-class AP (%), {cfg.eval.metric}:\n{table}")
     note = test_set_note(result.summary)
     if note:

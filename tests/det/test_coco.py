@@ -356,3 +356,23 @@ def test_coco_results_use_the_datasets_ids(coco, tmp_path):
         coco_results({"dog": [Detection("99", 0.5, (1, 1, 2, 2))]}, records, categories)
     with pytest.raises(DetectionDataError, match="unknown classes"):
         coco_results({"unicorn": []}, records, categories)
+
+
+def test_category_partitions_take_images_by_their_non_crowd_objects(tmp_path):
+    """As for VOC: an image is in partition i when it holds a (non-crowd) object of group i, the other groups'
+    objects are dropped from its targets and the group's categories are relabelled 1..k; a crowd region
+    neither makes an image a member nor is ever a target."""
+    annotations = [*ANNOTATIONS,
+                   {"id": 4, "image_id": 5, "category_id": 40, "bbox": [40, 2, 10, 10], "iscrowd": 0},
+                   {"id": 5, "image_id": 30, "category_id": 2, "bbox": [1, 1, 30, 30], "iscrowd": 0},
+                   {"id": 6, "image_id": 30, "category_id": 7, "bbox": [33, 1, 20, 20], "iscrowd": 1}]
+    records, categories, _ = load_coco([write_coco(tmp_path, annotations=annotations)])
+    # labels: cat 0, dog 1, person 2; image 11: dog + person, image 5: cat crowd + person, image 30: cat + dog crowd
+    cats_and_dogs = DetectionDataset(records, classes=categories.names, class_ids=[0, 1])
+    assert cats_and_dogs.image_ids == ["11", "30"] and cats_and_dogs.label_names == ("cat", "dog")
+    assert cats_and_dogs[0][1]["labels"].tolist() == [2]  # the dog; the person belongs to the other group
+    assert cats_and_dogs[1][1]["labels"].tolist() == [1]  # the cat; the dog there is a crowd region
+    people = DetectionDataset(records, classes=categories.names, class_ids=[2])
+    assert people.image_ids == ["11", "5"] and people.label_names == ("person",)
+    assert [people[i][1]["labels"].tolist() for i in range(2)] == [[1], [1]]
+    assert people.summary()["per_class"] == {"person": 2}
