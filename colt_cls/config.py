@@ -155,9 +155,6 @@ class ClsRunConfig(RunConfig):
     output_dir: str = field("runs/cls", help="run directory (--out overrides)")
     train: ClsTrainConfig = field(default_factory=ClsTrainConfig, help="training")
     eval: ClsEvalConfig = field(default_factory=ClsEvalConfig, help="evaluation")
-    ticket: str | None = field(None, help="transfer: train this ticket file (mask + θ0, e.g. found on "
-                                          "another dataset) on the data instead of finding a ticket; "
-                                          "--ticket sets it")
     data: DataConfig = field(default_factory=DataConfig, help="dataset")
     model: ModelConfig = field(default_factory=ModelConfig, help="classifier")
 
@@ -176,4 +173,4 @@ class ClsRunConfig(RunConfig):
                 if getattr(synthetic, key) is not None and self.data.name not in datasets:
                     return [(f"data.synthetic.{key}",
                              f"applies to {' and '.join(datasets)} only, not {self.data.name}")]
-        return check_partitions(self.prune, self.split, self.num_classes)
+        return super().validate() or check_partitions(self.prune, self.split, self.num_classes)

@@ -36,7 +36,9 @@ def transfer_markdown(evaluation: Evaluation) -> str:
 
 def write_transfer_report(run: RunDir, evaluation: Evaluation, class_names: Sequence[str], dataset: str) -> None:
     """Write report.md (and the per-class accuracy CSV) of a ticket trained on `dataset`."""
-    parts = [f"# Ticket transfer to {dataset}", "", transfer_markdown(evaluation), ""]
+    control = evaluation.get("ticket").get("control")
+    title = f"The {control} control of a ticket, on {dataset}" if control else f"Ticket transfer to {dataset}"
+    parts = [f"# {title}", "", transfer_markdown(evaluation), ""]
     columns = {"transferred ticket": evaluation.per_class}
     if len(class_names) <= REPORT.markdown_class_limit:
         parts += [f"## {REPORT.per_class_title}", "", per_class_markdown(columns, class_names), ""]

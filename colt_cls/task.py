@@ -139,4 +139,5 @@ class ClassificationTask:
         per_class = {name: (correct / total if total else math.nan) for name, correct, total
                      in zip(self.class_names, result["class_correct"], result["class_total"], strict=True)}
         return {"metric": "top-1 accuracy", "value": result["top1"], "top5": result["top5"],
-                "test_loss": result["loss"], "test_images": result["images"], "per_class": per_class}
+                "test_loss": result["loss"], "test_images": result["images"], "per_class": per_class,
+                "test_per_class": dict(zip(self.class_names, map(int, result["class_total"]), strict=True))}

@@ -3,6 +3,7 @@ and the ticket search itself (a task, the engine's trainer and the round loop ov
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from colt_core.config import from_dict, load_config, to_dict
+from colt_core.controls import CONTROLS
 from colt_core.distributed import DistContext, run_on_main
 from colt_core.errors import UserError
 from colt_core.report import ReportStyle, write_report
@@ -19,6 +21,7 @@ from colt_core.rounds import RoundLoop, RunResult
 from colt_core.rundir import RunDir, prepare_run_dir
 from colt_core.settings import RunConfig
 from colt_core.task import Task
+from colt_core.ticket import Ticket, TicketError, load_ticket
 from colt_core.training import Trainer
 
 C = TypeVar("C", bound=RunConfig)
@@ -62,13 +65,68 @@ def configure_logging(verbose: bool, dist: DistContext | None) -> None:
                         datefmt="%H:%M:%S")
 
 
+def ticket_options(command: F) -> F:
+    """--ticket FILE (train a given ticket instead of finding one) and --control NAME (train its control)."""
+    command = click.option("--control", type=click.Choice(CONTROLS),
+                           help="with --ticket: train this control of the ticket instead (random_prune: a random "
+                                "mask with its per-layer counts; random_reinit: its mask on a fresh init)")(command)
+    return click.option("--ticket", "ticket_path", type=click.Path(dir_okay=False),
+                        help="train this ticket file (found on this or another dataset) on the config's data "
+                             "instead of finding a ticket")(command)
+
+
+def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"{value!r}: give distinct seeds, e.g. 0,1,2")
+    return seeds
+
+
+def seeds_option(command: F) -> F:
+    """--seeds 0,1,2: the same run once per seed, one after another, into OUT/seed_K."""
+    return click.option("--seeds", callback=_parse_seeds, metavar="K,K,...",
+                        help="run once per seed, one after another, into OUT/seed_K (resumable like one run; "
+                             "compare them with tools/compare_runs.py OUT/seed_*)")(command)
+
+
+def seed_configs(cfg: C, seeds: Sequence[int] | None) -> list[C]:
+    """The config of each run `--seeds` asks for (the config itself without it)."""
+    if not seeds:
+        return [cfg]
+    return [dataclasses.replace(cfg, seed=seed, output_dir=str(Path(cfg.output_dir) / f"seed_{seed}"))
+            for seed in seeds]
+
+
+def seeds_line(cfg: RunConfig, seeds: Sequence[int]) -> str:
+    """What a --seeds run ends with: where its runs are and how to compare them."""
+    out = Path(cfg.output_dir)
+    return (f"seeds {', '.join(map(str, seeds))}: runs in {out}/seed_K; compare them (with another method's "
+            f"seeds too) with: python tools/compare_runs.py {out}/seed_* --out {out}/compare")
+
+
 def load_run_config(cls: type[C], cfg_name: str, overrides: Sequence[str], out: str | None,
-                    configs_dir: Path) -> C:
-    """The checked config, with `--out` applied."""
-    cfg = load_config(cls, cfg_name, overrides, configs_dir=configs_dir)
+                    configs_dir: Path, *, ticket: str | None = None, control: str | None = None) -> C:
+    """The checked config, with `--out`, `--ticket` and `--control` applied."""
+    extra = [f"ticket={Path(ticket).resolve()}"] if ticket is not None else []
+    extra += [f"control={control}"] if control is not None else []
+    cfg = load_config(cls, cfg_name, [*overrides, *extra], configs_dir=configs_dir)
     if out is not None:
         cfg.output_dir = out
     return cfg
+
+
+def given_ticket(cfg: RunConfig) -> Ticket | None:
+    """The ticket the config asks to train (`ticket`), read and checked; None: find one."""
+    if cfg.ticket is None:
+        return None
+    if not Path(cfg.ticket).is_file():
+        raise TicketError(f"--ticket {cfg.ticket}: no such file")
+    return load_ticket(cfg.ticket)
 
 
 def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, dist: DistContext | None) -> RunDir:
@@ -91,6 +149,11 @@ def find_ticket(task: Task, cfg: RunConfig, run: RunDir, style: ReportStyle,
                 dist: DistContext | None = None, notes: Sequence[str] = ()) -> RunResult:
     """Run (or continue) the COLT/LTH rounds of `cfg` for `task` in `run`, rewriting the report as they end."""
     names = list(task.class_names)
+    k = cfg.prune.rewind_iteration
+    if k:
+        source = "its round 0" if cfg.prune.method == "lth" else "the dense model (round_00/eval)"
+        notes = [*notes, f"Late rewinding: every training after the one it comes from starts from the weights after "
+                         f"{k} optimizer steps of {source}; ticket.pt holds those weights."]
 
     def on_update(summary: Any) -> None:
         write_report(run, summary, names, style, notes)

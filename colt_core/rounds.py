@@ -18,12 +18,23 @@ import torch
 from torch import nn
 
 from colt_core.config import ConfigError, to_dict
+from colt_core.controls import make_control
 from colt_core.distributed import DistContext
+from colt_core.io import load_checkpoint
 from colt_core.masks import Mask, intersect_masks, ones_mask
 from colt_core.partition import split_classes, validate_groups
 from colt_core.pruning import PruneGroup, magnitude_prune, per_layer, resolve_prune_groups
 from colt_core.ranks import Ranks
-from colt_core.rundir import Evaluation, PartitionResult, RoundRecord, RunDir, RunSummary
+from colt_core.rundir import (
+    Evaluation,
+    PartitionResult,
+    RoundRecord,
+    RunDir,
+    RunDirError,
+    RunSummary,
+    TrainingDir,
+    TrainingRecord,
+)
 from colt_core.runtime import derive_seed, seed_everything
 from colt_core.settings import PruneConfig, SplitConfig
 from colt_core.sparsity import overall_sparsity, sparsity_report
@@ -47,26 +58,39 @@ class Method:
 
     name: str
     partitions: int
+    rewind_iteration: int = 0
 
     @classmethod
     def of(cls, prune: PruneConfig) -> Method:
-        return cls(prune.method, prune.n_partitions)
+        return cls(prune.method, prune.n_partitions, prune.rewind_iteration)
 
     @property
     def full_data(self) -> bool:
         return self.name == "lth"
 
+    @property
+    def rewinds_late(self) -> bool:
+        return self.rewind_iteration > 0
+
     def job_classes(self, group: Sequence[int]) -> list[int] | None:
         """The class ids a partition job trains on (None: every class, labels as in the dataset)."""
         return None if self.full_data else list(group)
 
-    def keeps_built_head(self, rewinds_late: bool) -> bool:
-        """Whether a partition keeps the output layer it was built with (instead of rewinding it)."""
-        return not self.full_data and not rewinds_late
+    @property
+    def partition_keeps_built_head(self) -> bool:
+        """Whether a partition keeps the output layer it was built with: COLT's is a fresh one of its group's
+        size; LTH's is the full-size layer and rewinds like the rest."""
+        return not self.full_data
 
-    def ticket_start(self, init: State, late: Mapping[int, State]) -> State:
-        """Where a ticket evaluation starts: θ0, or for LTH its late-rewinding weights when there are any."""
-        return late.get(0, init) if self.full_data else init
+    def ticket_keeps_built_head(self, r: int) -> bool:
+        """Whether round `r`'s ticket evaluation gets a fresh all-class output layer: COLT's does, unless it
+        rewinds late to a full-data training's weights, whose output layer is all-class already."""
+        return not self.full_data and (r == 0 or not self.rewinds_late)
+
+    def rewind_source(self, run_dir: RunDir) -> TrainingDir:
+        """The training whose weights after `rewind_iteration` steps are the run's one rewind point: LTH's
+        round 0 (a full-data training), COLT's dense model (round 0's ticket evaluation)."""
+        return run_dir.round(0).partition(0) if self.full_data else run_dir.round(0).eval
 
 
 @dataclass
@@ -97,7 +121,6 @@ class RoundLoop:
         self.on_update = on_update
         self.output_layers = list(prune.output_layers or task.output_layers)
         self.num_classes = len(task.class_names)
-        self._late: dict[int, State] = {}  # late-rewinding weights per partition
 
     # ----- setup -------------------------------------------------------------------------------
     def _split(self) -> list[list[int]]:
@@ -113,8 +136,9 @@ class RoundLoop:
             raise ConfigError(f"prune.partitions: must be <= the number of classes ({self.num_classes}), got {n}")
         return split_classes(self.num_classes, n, self.seed if self.split.seed is None else self.split.seed)
 
-    def _draw_init(self) -> State:
-        seed_everything(derive_seed(self.seed, "init"))
+    def _draw_init(self, *key: Any) -> State:
+        """θ0 (no `key`), or another draw of the same init scheme (random_reinit's)."""
+        seed_everything(derive_seed(self.seed, "init", *key))
         return snapshot(self.task.build_model(self.num_classes))
 
     def _prune_groups(self) -> tuple[list[PruneGroup], int]:
@@ -134,21 +158,31 @@ class RoundLoop:
         return model
 
     def _job(self, r: int, partition: int | None, class_ids: list[int] | None, model: nn.Module, mask: Mask,
-             seed: int, dist: DistContext | None, rewind_iteration: int = 0) -> TrainJob:
-        files = self.run_dir.round(r).eval if partition is None else self.run_dir.round(r).partition(partition)
+             seed: int, dist: DistContext | None, rewind_iteration: int = 0, control: str | None = None) -> TrainJob:
+        rdir = self.run_dir.round(r)
+        files = rdir.partition(partition) if partition is not None else rdir.control(control) if control else rdir.eval
         return TrainJob(round=r, partition=partition, class_ids=class_ids, model=model, mask=mask, seed=seed,
                         files=files, rewind_iteration=rewind_iteration,
                         non_iid_max_drop=self.split.non_iid_max_drop if self.split.non_iid else 0.0,
                         data_seed=derive_seed(self.seed, "data"), dist=dist, device=self.trainer.device,
-                        amp=self.trainer.amp)
+                        amp=self.trainer.amp, label=control)
+
+    def _rewind_point(self) -> State:
+        """The weights after `rewind_iteration` steps of the run's rewind source (stored by its training)."""
+        path = self.method.rewind_source(self.run_dir).rewind
+        if not path.is_file():
+            raise RunDirError(f"{path}: the late-rewinding weights are missing although that training finished; "
+                              "the run was started by a version that kept them elsewhere: start it again with "
+                              "--overwrite or another --out")
+        return load_checkpoint(path)
 
     # ----- one step each -----------------------------------------------------------------------
-    def _train_partition(self, r: int, i: int, class_ids: list[int], init: State, mask: Mask,
+    def _train_partition(self, r: int, i: int, class_ids: list[int], start: State, mask: Mask,
                          ctx: DistContext | None) -> tuple[State, PartitionResult, State | None]:
-        """Train partition `i` of round `r` on this rank (with the other ranks of `ctx`)."""
-        model = self._build(len(class_ids), ("partition", i), self._late.get(i, init), mask,
-                            keep_output=self.method.keeps_built_head(i in self._late))
-        rewind_iteration = self.prune.rewind_iteration if r == 0 else 0
+        """Train partition `i` of round `r` from `start` on this rank (with the other ranks of `ctx`)."""
+        model = self._build(len(class_ids), ("partition", i), start, mask,
+                            keep_output=self.method.partition_keeps_built_head)
+        rewind_iteration = self.prune.rewind_iteration if r == 0 and self.method.full_data else 0
         job = self._job(r, i, self.method.job_classes(class_ids), model, mask, derive_seed(self.seed, "train", r, i),
                         ctx, rewind_iteration)
         t0 = time.perf_counter()
@@ -156,16 +190,16 @@ class RoundLoop:
         result = PartitionResult(classes=list(class_ids), training=out.record, wall_time_s=time.perf_counter() - t0)
         return out.state_dict, result, out.rewind_state
 
-    def _train_round(self, r: int, class_groups: list[list[int]], init: State, mask: Mask
+    def _train_round(self, r: int, class_groups: list[list[int]], start: State, mask: Mask
                      ) -> tuple[list[State] | None, list[PartitionResult]]:
-        """Train (or read back) every partition of round `r`: the selected weights (on rank 0; None on the
-        other ranks) and the results (on every rank)."""
+        """Train (or read back) every partition of round `r` from `start`: the selected weights (on rank 0;
+        None on the other ranks) and the results (on every rank)."""
         n = len(class_groups)
         done = set(self.ranks.on_main(self.store.finished_partitions, r, n))
         results: dict[int, tuple[State, PartitionResult]] = {}
 
         def train(i: int, ctx: DistContext | None) -> tuple[State, PartitionResult, State | None]:
-            return self._train_partition(r, i, class_groups[i], init, mask, ctx)
+            return self._train_partition(r, i, class_groups[i], start, mask, ctx)
 
         def keep(i: int, trained: tuple[State, PartitionResult, State | None]) -> None:
             state, result, rewind_state = trained
@@ -184,42 +218,75 @@ class RoundLoop:
         trained = [results[i][0] for i in range(n)] if self.ranks.is_main else None
         return trained, self.ranks.on_main(stored_results)
 
-    def _evaluate(self, r: int, init: State, mask: Mask, *, reuse: bool = False,
+    def _evaluate(self, r: int, start: State, mask: Mask, *, reuse: bool = False,
                   trained: State | None = None) -> Evaluation:
-        """Train the ticket of round `r` on the full data (every rank, data-parallel) and evaluate it on rank 0.
+        """Train the ticket of round `r` from `start` on the full data (every rank, data-parallel) and evaluate
+        it on rank 0.
 
         With `reuse` (LTH, whose round trained the full data under this very mask) the round's own model,
-        `trained` (given on rank 0), is the evaluated one.
+        `trained` (given on rank 0), is the evaluated one. COLT's dense model (round 0) keeps its weights
+        after `rewind_iteration` steps: they are the run's rewind point.
         """
         stored = self.ranks.on_main(self.store.stored_evaluation, r)
         if stored is not None:
             return stored
-        start = self.method.ticket_start(init, self._late)
-        model = self._build(self.num_classes, "ticket", start, mask, keep_output=not self.method.full_data)
-        job = self._job(r, None, None, model, mask, derive_seed(self.seed, "ticket", r), self.ranks.full)
+        model = self._build(self.num_classes, "ticket", start, mask,
+                            keep_output=self.method.ticket_keeps_built_head(r))
+        late = self.prune.rewind_iteration if r == 0 and not self.method.full_data else 0
+        job = self._job(r, None, None, model, mask, derive_seed(self.seed, "ticket", r), self.ranks.full, late)
         t0 = time.perf_counter()
-        training, reused = None, None
         if reuse:
             # LTH trains the full data under this mask anyway: that model is the ticket's evaluation.
             if self.ranks.is_main:
                 model.load_state_dict(trained)
-            reused = self.store.reused_training(r)
-        else:
-            out = self.trainer.train(job)
-            model.load_state_dict(out.state_dict)
-            if self.ranks.is_main:
-                self.store.save_trained(r, out.state_dict)
-            training = out.record
+            return self._score(job, model, t0, reused=self.store.reused_training(r))
+        out = self.trainer.train(job)
+        model.load_state_dict(out.state_dict)
+        if self.ranks.is_main:
+            self.store.save_trained(job.files, out.state_dict, out.rewind_state)
+        return self._score(job, model, t0, training=out.record)
 
+    def _control(self, r: int, name: str, start: State, mask: Mask) -> Evaluation:
+        """Train and evaluate control `name` of round `r`'s ticket (`mask` from `start`) like the ticket itself."""
+        files = self.run_dir.round(r).control(name)
+        stored = self.ranks.on_main(self.store.stored_training, files)
+        if stored is not None:
+            return stored
+        control = make_control(name, mask, start, seed=derive_seed(self.seed, "control", name, r),
+                               draw_init=lambda: self._draw_init("control", r))
+        fresh_init = name == "random_reinit"  # its own freshly drawn output layer; random_prune: the ticket's
+        if self.ranks.is_main and not fresh_init:
+            self.store.save_mask(files, control.mask)
+        model = self._build(self.num_classes, ("control", name) if fresh_init else "ticket", control.start,
+                            control.mask, keep_output=self.method.ticket_keeps_built_head(r) and not fresh_init)
+        job = self._job(r, None, None, model, control.mask, derive_seed(self.seed, "ticket", r), self.ranks.full,
+                        control=name)
+        t0 = time.perf_counter()
+        out = self.trainer.train(job)
+        model.load_state_dict(out.state_dict)
+        if self.ranks.is_main:
+            self.store.save_trained(files, out.state_dict)
+        return self._score(job, model, t0, training=out.record)
+
+    def _score(self, job: TrainJob, model: nn.Module, t0: float, *, training: TrainingRecord | None = None,
+               reused: str | None = None) -> Evaluation:
+        """The task's test-set evaluation of a full-data model (on rank 0, every rank gets it), stored."""
         def evaluate() -> Evaluation:
             evaluation = Evaluation.from_task(self.task.evaluate(model.to(job.device), job),
                                               source=f"{type(self.task).__name__}.evaluate")
             evaluation.training, evaluation.reused = training, reused
             evaluation.wall_time_s = time.perf_counter() - t0
-            self.store.save_evaluation(r, evaluation)
+            self.store.save_evaluation(job.files, evaluation)
             return evaluation
 
         return self.ranks.on_main(evaluate)
+
+    def _evaluate_with_controls(self, record: RoundRecord, start: State, mask: Mask, **reuse: Any) -> None:
+        """Round `record.round`'s ticket evaluation and, for a sparse ticket, its controls."""
+        r = record.round
+        record.evaluation = self._evaluate(r, start, mask, **reuse)
+        if record.sparsity > 0:
+            record.controls = {name: self._control(r, name, start, mask) for name in self.prune.controls}
 
     def _next_mask(self, trained: list[State], mask: Mask, groups: list[PruneGroup]) -> Mask:
         """Prune each partition's trained weights under the current mask and intersect the results."""
@@ -244,6 +311,7 @@ class RoundLoop:
         class_names = list(self.task.class_names)
         class_groups = self.ranks.on_main(self.store.class_groups, self._split, class_names)
         init = self.ranks.on_main(self.store.init_weights, self._draw_init)
+        start = init  # where every training rewinds to: θ0, or once round 0 has run, the late-rewinding point
         groups, total_params = self._prune_groups()
         seed_everything(0)
         mask = ones_mask(self.task.build_model(self.num_classes), [n for g in groups for n in g.params])
@@ -256,29 +324,40 @@ class RoundLoop:
             record = self._open_round(r, mask, groups, total_params)
             if record.sparsity >= self.prune.target_sparsity or r >= self.prune.max_rounds:
                 if self._wants_eval(r, final=True):
-                    record.evaluation = self._evaluate(r, init, mask)
+                    self._evaluate_with_controls(record, start, mask)
                 self._close_round(summary, record)
                 break
+            if r == 0 and self.method.rewinds_late and not self.method.full_data:
+                # COLT's rewind point is the dense model's: its full-data training comes first.
+                record.evaluation = self._evaluate(0, init, mask)
+                start = self.ranks.on_main(self._rewind_point)
             if self.ranks.is_main:
                 log.info("round %d: sparsity %.2f%%, training %d partition(s)", r, 100 * record.sparsity, n)
-            trained, record.partitions = self._train_round(r, class_groups, init, mask)
-            if r == 0 and self.prune.rewind_iteration:
-                self._late.update(self.ranks.on_main(self.store.late_rewind_states, n))
+            trained, record.partitions = self._train_round(r, class_groups, start, mask)
             if self._wants_eval(r, final=False):
-                record.evaluation = self._evaluate(r, init, mask, reuse=self.method.full_data,
-                                                   trained=trained[0] if trained else None)
+                self._evaluate_with_controls(record, init if r == 0 else start, mask, reuse=self.method.full_data,
+                                             trained=trained[0] if trained else None)
+            if r == 0 and self.method.rewinds_late and self.method.full_data:
+                start = self.ranks.on_main(self._rewind_point)  # LTH's: its own round 0
             mask = self.ranks.on_main(self._next_mask, trained, mask, groups)
             self._close_round(summary, record)
             r += 1
-        ticket = Ticket(mask=mask, init=init, architecture=self.task.architecture(),
+        ticket = Ticket(mask=mask, init=start, architecture=self.task.architecture(),
                         sparsity=sparsity_report(mask, groups, total_params),
                         meta={"method": self.prune.method, "partitions": self.prune.n_partitions, "rounds": r,
                               "seed": self.seed, "class_groups": class_groups, "output_layers": self.output_layers,
-                              "class_names": class_names})
+                              "class_names": class_names, "start": self._start_meta()})
         if self.ranks.is_main:
             self.store.save_ticket(ticket)
             self.store.close()
         return RunResult(self.run_dir, ticket, self.ranks.on_main(lambda: summary))
+
+    def _start_meta(self) -> dict[str, Any]:
+        """What the ticket's `init` is: θ0, or the late-rewinding weights and where they come from."""
+        if not self.method.rewinds_late:
+            return {"weights": "theta0"}
+        return {"weights": "late_rewind", "iteration": self.prune.rewind_iteration,
+                "source": self.run_dir.relative(self.method.rewind_source(self.run_dir).path)}
 
     def _open_round(self, r: int, mask: Mask, groups: list[PruneGroup], total_params: int) -> RoundRecord:
         """The record of round `r` under `mask` (the same on every rank), its sparsity report stored."""

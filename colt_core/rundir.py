@@ -5,6 +5,7 @@
       round_XX/mask.pt  round_XX/sparsity.json
       round_XX/partition_Y/   one partition's training (a `TrainingDir`)
       round_XX/eval/          the ticket trained on the full data and evaluated (a `TrainingDir`)
+      round_XX/controls/NAME/ a control of that ticket (random_prune, random_reinit), trained the same way
 
 A ticket trained on its own (`tools/train_colt_cls.py --ticket`) writes one `TrainingDir` at the top of its
 run directory. The round loop, transfer, export, compare and the reports reach every file through these
@@ -62,6 +63,11 @@ class TrainingDir:
         return self.path / "rewind.pt"
 
     @property
+    def mask(self) -> Path:
+        """The mask a control trained under, when it is not the round's (random_prune)."""
+        return self.path / "mask.pt"
+
+    @property
     def outputs(self) -> Path:
         """A folder for the task's own evaluation files (e.g. Pascal VOC results files)."""
         return self.path / "results"
@@ -101,6 +107,10 @@ class RoundDir:
     @property
     def eval(self) -> TrainingDir:
         return TrainingDir(self.path / "eval")
+
+    def control(self, name: str) -> TrainingDir:
+        """A control of the round's ticket (e.g. random_prune), trained and evaluated like the ticket."""
+        return TrainingDir(self.path / "controls" / name)
 
 
 @dataclass(frozen=True)
@@ -365,7 +375,8 @@ class RoundRecord:
     groups: dict[str, float] = field(default_factory=dict)
     partitions: list[PartitionResult] | None = None  # None: the final round, which trains nothing
     evaluation: Evaluation | None = None
-    wall_time_s: float = 0.0
+    controls: dict[str, Evaluation] = field(default_factory=dict)  # control name -> its evaluation
+    wall_time_s: float = 0.0  # partition trainings and the ticket evaluation (controls keep their own times)
 
     def stored_time(self) -> float:
         """Wall time of the round as the sum of its stored trainings (stable across resumes)."""
@@ -384,6 +395,8 @@ class RoundRecord:
             out["partitions"] = [p.to_dict() for p in self.partitions]
         if self.evaluation is not None:
             out["eval"] = self.evaluation.to_dict()
+        if self.controls:
+            out["controls"] = {name: evaluation.to_dict() for name, evaluation in self.controls.items()}
         out["wall_time_s"] = self.wall_time_s
         return out
 
@@ -394,6 +407,7 @@ class RoundRecord:
                    groups=dict(d.get("groups", {})),
                    partitions=None if partitions is None else [PartitionResult.from_dict(p) for p in partitions],
                    evaluation=Evaluation.from_dict(d["eval"]) if d.get("eval") else None,
+                   controls={name: Evaluation.from_dict(c) for name, c in (d.get("controls") or {}).items()},
                    wall_time_s=float(d.get("wall_time_s", 0.0)))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from colt_core.config import at_least, closed_interval, field, open_interval, positive
+from colt_core.controls import CONTROLS
 from colt_core.optim import OptimizerConfig, ScheduleConfig
 
 
@@ -70,8 +71,10 @@ class PruneConfig:
     target_sparsity: float = field(0.79, help="stop when this fraction of prunable weights is pruned",
                                    check=open_interval(0.0, 1.0))
     max_rounds: int = field(20, help="stop after this many train-prune rounds", check=at_least(1))
-    rewind_iteration: int = field(0, help="0: rewind to θ0; k > 0: late rewinding to the weights at iteration k",
-                                  check=at_least(0))
+    rewind_iteration: int = field(
+        0, help="0: rewind to θ0; k > 0: late rewinding to the weights after k optimizer steps of round 0's "
+                "full-data training (LTH: its round; COLT: the dense model's), which every later training and "
+                "the ticket file start from", check=at_least(0))
     on_layer_collapse: Literal["error", "warn"] = field("error", help="what to do when a layer loses every weight")
     prune_frozen: bool = field(False, help="also prune weights the model keeps frozen (e.g. torchvision's "
                                            "trainable_backbone_layers); they are left alone by default")
@@ -82,6 +85,10 @@ class PruneConfig:
     evaluate: Literal["first_last", "final", "all", "none"] = field(
         "first_last",
         help="which tickets to train on the full data and evaluate: dense+final, final, every round, none")
+    controls: list[str] = field(
+        default_factory=list, help="controls trained and evaluated beside every evaluated sparse ticket: "
+                                   "random_prune (a random mask with the ticket's per-layer counts, from the "
+                                   "ticket's start weights), random_reinit (the ticket's mask on a fresh init)")
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -89,6 +96,9 @@ class PruneConfig:
             check = open_interval(0.0, 1.0)(rate)
             if check:
                 problems.append((f"rates.{name}", check))
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown or len(set(self.controls)) != len(self.controls):
+            problems.append(("controls", f"must be distinct names from {', '.join(CONTROLS)}, got {self.controls}"))
         if self.groups:
             missing = sorted(set(self.groups) - set(self.rates))
             if missing:
@@ -148,3 +158,15 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation")
     prune: PruneConfig = field(default_factory=PruneConfig, help="pruning")
     split: SplitConfig = field(default_factory=SplitConfig, help="class partitions")
+    ticket: str | None = field(None, help="train this ticket file (mask + start weights; found by this tool, on "
+                                          "this or another dataset) on the data instead of finding a ticket; "
+                                          "--ticket sets it")
+    control: str | None = field(None, help="with ticket: train this control of it instead: random_prune or "
+                                           "random_reinit; --control sets it")
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.control is not None and self.control not in CONTROLS:
+            return [("control", f"must be one of {', '.join(CONTROLS)}, got {self.control!r}")]
+        if self.control is not None and self.ticket is None:
+            return [("control", "is a control of a given ticket: pass --ticket FILE too")]
+        return []

@@ -20,6 +20,7 @@ from colt_core.rundir import (
     PartitionResult,
     RunDir,
     RunSummary,
+    TrainingDir,
     load_partition,
     read_evaluation,
     save_partition,
@@ -93,25 +94,32 @@ class RunStore:
     def load_partition(self, r: int, i: int) -> tuple[State, PartitionResult]:
         return load_partition(self.run.round(r).partition(i))
 
-    def late_rewind_states(self, n: int) -> dict[int, State]:
-        """The late-rewinding weights stored by the partitions of round 0."""
-        paths = {i: self.run.round(0).partition(i).rewind for i in range(n)}
-        return {i: load_checkpoint(path) for i, path in paths.items() if path.is_file()}
-
     def stored_evaluation(self, r: int) -> Evaluation | None:
         """Round `r`'s stored ticket evaluation, or None (after making its folder)."""
-        files = self.run.round(r).eval
+        return self.stored_training(self.run.round(r).eval)
+
+    def stored_training(self, files: TrainingDir) -> Evaluation | None:
+        """The stored evaluation of a full-data training (a ticket's or a control's), or None (after making
+        its folder)."""
         if files.metrics.is_file():
             return read_evaluation(files)
         files.path.mkdir(parents=True, exist_ok=True)
         return None
 
-    def save_evaluation(self, r: int, evaluation: Evaluation) -> None:
-        atomic_write_json(evaluation.to_dict(), self.run.round(r).eval.metrics)
+    def save_mask(self, files: TrainingDir, mask: Mask) -> None:
+        """The mask a control trains under, beside it (once: a resumed control draws the same)."""
+        if not files.mask.is_file():
+            atomic_save(dict(mask), files.mask)
 
-    def save_trained(self, r: int, state: State) -> None:
-        """The trained full-data model of round `r`'s ticket evaluation."""
-        atomic_save(state, self.run.round(r).eval.model)
+    def save_evaluation(self, files: TrainingDir, evaluation: Evaluation) -> None:
+        """The evaluation of a full-data training; written last, it marks the training done."""
+        atomic_write_json(evaluation.to_dict(), files.metrics)
+
+    def save_trained(self, files: TrainingDir, state: State, rewind_state: State | None = None) -> None:
+        """A full-data training's selected weights (and its late-rewinding weights when it took them)."""
+        if rewind_state is not None:
+            atomic_save(dict(rewind_state), files.rewind)
+        atomic_save(state, files.model)
 
     def reused_training(self, r: int) -> str:
         """Where round `r`'s own full-data training is, relative to the run directory (LTH's evaluation)."""

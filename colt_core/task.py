@@ -38,10 +38,11 @@ class TrainJob:
     dist: DistContext | None = None  # the ranks that train this job together; None: this process alone
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp: bool = False  # mixed precision on `device`
+    label: str | None = None  # what a full-data training is when it is not the ticket's (e.g. a control)
 
     @property
     def tag(self) -> str:
-        part = "full" if self.partition is None else f"p{self.partition}"
+        part = self.label or ("full" if self.partition is None else f"p{self.partition}")
         return f"round_{self.round:02d}/{part}"
 
 

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from colt_core.controls import make_control
 from colt_core.distributed import DistContext, run_on_main
 from colt_core.io import atomic_save, atomic_write_json
 from colt_core.rundir import Evaluation, RunDir, read_evaluation, write_config
@@ -19,13 +22,14 @@ from colt_core.sparsity import sparsity_report
 from colt_core.task import Task, TrainJob
 from colt_core.ticket import Ticket, TicketError, check_ticket_fits
 from colt_core.training import Trainer
-from colt_core.weights import rewind
+from colt_core.weights import rewind, snapshot
 
 
 def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str | Path, run_dir: RunDir, *,
-                 seed: int, config_dict: Mapping[str, Any] | None = None,
-                 dist: DistContext | None = None) -> Evaluation:
+                 seed: int, config_dict: Mapping[str, Any] | None = None, dist: DistContext | None = None,
+                 control: str | None = None) -> Evaluation:
     """Train `ticket` (read from `ticket_path`) on `task`'s full data and evaluate it; return the evaluation.
+    With `control` (random_prune, random_reinit) train that control of the ticket instead.
 
     Writes config.yaml, model.pt and metrics.json into `run_dir` (an unfinished training resumes from its
     checkpoint there; a finished one is read back). Under torchrun every rank trains data-parallel and
@@ -50,20 +54,33 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
         raise TicketError(f"{ticket_path}: a {found or 'untagged'} ticket ({name}) cannot be trained by the "
                           f"{expected} front end; pass a ticket found with the same tool")
     check_ticket_fits(ticket, model, task.output_layers, source=str(ticket_path))
-    rewind(model, ticket.init, ticket.mask, task.output_layers, keep_output=True)
-    job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask=ticket.mask,
+    mask, start = ticket.mask, ticket.init
+    if control is not None:
+        def draw_init() -> dict[str, torch.Tensor]:
+            seed_everything(derive_seed(seed, "init", "control"))
+            return snapshot(task.build_model(len(task.class_names)))
+
+        made = make_control(control, ticket.mask, ticket.init, seed=derive_seed(seed, "control", control),
+                            draw_init=draw_init)
+        mask, start = made.mask, made.start
+        seed_everything(derive_seed(seed, "head", "ticket"))
+        model = task.build_model(len(task.class_names))
+    rewind(model, start, mask, task.output_layers, keep_output=True)
+    job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask=mask,
                    seed=derive_seed(seed, "ticket", "transfer"), files=files, data_seed=derive_seed(seed, "data"),
-                   dist=dist, device=trainer.device, amp=trainer.amp)
+                   dist=dist, device=trainer.device, amp=trainer.amp, label=control)
     start = time.perf_counter()
     out = trainer.train(job)
     model.load_state_dict(out.state_dict)
 
     def evaluate_and_write() -> Evaluation:
         evaluation = Evaluation.from_task(task.evaluate(model.to(job.device), job))
-        sparsity = sparsity_report(ticket.mask, total_params=sum(p.numel() for p in model.parameters()))
+        sparsity = sparsity_report(mask, total_params=sum(p.numel() for p in model.parameters()))
         evaluation.details["ticket"] = {"path": str(ticket_path), "architecture": ticket.architecture,
                                         "meta": ticket.meta, "sparsity": sparsity["overall"]["sparsity"],
-                                        "prune_rate": sparsity["prune_rate"]["rate"]}
+                                        "prune_rate": sparsity["prune_rate"]["rate"], "control": control}
+        if control == "random_prune":
+            atomic_save(dict(mask), files.mask)
         evaluation.training, evaluation.wall_time_s = out.record, time.perf_counter() - start
         atomic_save(out.state_dict, files.model)
         atomic_write_json(evaluation.to_dict(), files.metrics)

@@ -219,5 +219,5 @@ class DetRunConfig(RunConfig):
 
     def validate(self) -> list[tuple[str, str]]:
         if self.data.format == "coco":  # the classes are the annotation files' categories: checked once read
-            return []
-        return check_partitions(self.prune, self.split, len(VOC_CLASSES))
+            return super().validate()
+        return super().validate() or check_partitions(self.prune, self.split, len(VOC_CLASSES))

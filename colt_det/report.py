@@ -7,7 +7,7 @@ from dataclasses import replace
 from colt_core.report import ReportStyle
 
 REPORT = ReportStyle(title="COLT detection run", per_class_title="Per-class AP (%)", per_class_name="ap",
-                     per_class_axis="AP (%)", digits=1, mean_row="mAP")
+                     per_class_axis="AP (%)", digits=1, mean_row="mAP", count_title="test objects")
 
 
 def report_style(metric: str) -> ReportStyle:

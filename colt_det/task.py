@@ -6,6 +6,7 @@ from its targets there. The validation images are a seeded image-level hold-out 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -187,5 +188,7 @@ class DetectionTask:
                 scores["coco"] = evaluate_coco(detections, self.test_records, classes)
         primary = scores[cfg.eval.metric]
         skipped = {"test_skipped": self.test_skipped.as_dict()} if self.test_skipped.num_skipped else {}
+        counts = Counter(o.name for r in self.test_records for o in r.objects if not o.ignored)  # AP's objects
         return {"metric": f"{cfg.eval.metric} mAP", "value": primary["mAP"], "per_class": primary["per_class"],
-                "test_images": len(self.test_records), **skipped, **scores}
+                "test_images": len(self.test_records), "test_per_class": {c: counts.get(c, 0) for c in classes},
+                **skipped, **scores}

@@ -154,6 +154,14 @@ def test_ticket_found_on_cifar100_trains_on_cifar10_and_mismatched_architectures
     # The ticket is the user's own file: no advice to delete it, no torch paragraphs, nothing written.
     assert "recompute" not in broken.output and "miniz" not in broken.output
     assert len(broken.output.strip().splitlines()) == 1 and not (tmp_path / "y").exists()
+    reinit = invoke(train_tool, "--cfg", target, "--ticket", ticket_path, "--control", "random_reinit",
+                    "--out", tmp_path / "reinit")
+    assert reinit.exit_code == 0, reinit.output
+    control = read_json(tmp_path / "reinit" / "metrics.json")
+    assert control["ticket"]["control"] == "random_reinit" and len(control["per_class"]) == 10
+    trained = torch.load(tmp_path / "reinit" / "model.pt", weights_only=True)
+    assert all(torch.all(trained[k][~m] == 0) for k, m in ticket.mask.items())  # the ticket's own mask
+    assert "The random_reinit control of a ticket, on cifar10" in (tmp_path / "reinit" / "report.md").read_text()
     not_a_ticket = tmp_path / "weights.pt"
     torch.save(model, not_a_ticket)
     assert_one_line_error(invoke(train_tool, "--cfg", target, "--ticket", not_a_ticket, "--out", tmp_path / "z"),
@@ -200,3 +208,28 @@ def test_synthetic_section_writes_the_dataset_on_first_use(train_tool, run_confi
     assert (root / "cifar-10-batches-py" / "data_batch_1").is_file()
     summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["rounds"][-1]["eval"]["test_images"] == 20
+
+
+def test_seeds_run_one_after_another_into_their_own_folders_and_resume(
+        train_tool, run_config, small_cifar10_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seeds"
+    cfg = write_config(tmp_path / "cfg.yaml", run_config(small_cifar10_root, out, prune={"max_rounds": 1,
+                                                                                   "evaluate": "final"}))
+    result = invoke(train_tool, "--cfg", cfg, "--seeds", "0,1")
+    assert result.exit_code == 0, result.output
+    configs = [yaml.safe_load((out / f"seed_{k}" / "config.yaml").read_text()) for k in (0, 1)]
+    assert [c["seed"] for c in configs] == [0, 1]
+    assert [c["output_dir"] for c in configs] == [str(out / "seed_0"), str(out / "seed_1")]
+    assert {k: v for k, v in configs[0].items() if k not in ("seed", "output_dir")} == \
+        {k: v for k, v in configs[1].items() if k not in ("seed", "output_dir")}
+    masks = [torch.load(out / f"seed_{k}" / "ticket.pt", weights_only=True)["mask"] for k in (0, 1)]
+    assert any(not torch.equal(masks[0][k], masks[1][k]) for k in masks[0])  # other seeds, other tickets
+    assert f"compare them (with another method's seeds too) with: python tools/compare_runs.py {out}/seed_*" \
+        in result.output
+    assert_one_line_error(invoke(train_tool, "--cfg", cfg, "--seeds", "0,1"), "seed_0 already holds a run")
+    ticket = (out / "seed_1" / "ticket.pt").read_bytes()
+    more = invoke(train_tool, "--cfg", cfg, "--seeds", "0,1,2", "--resume")  # finished seeds are read back
+    assert more.exit_code == 0, more.output
+    assert (out / "seed_1" / "ticket.pt").read_bytes() == ticket and (out / "seed_2" / "ticket.pt").is_file()
+    bad = invoke(train_tool, "--cfg", cfg, "--seeds", "0,x")
+    assert bad.exit_code == 2 and "Invalid value for '--seeds': '0,x': give comma-separated integers" in bad.output

@@ -51,13 +51,16 @@ class FailingToyTask(ToyTask):
 @click.option("--fail-rank", type=int, default=None, help="the rank that fails (default: none)")
 @click.option("--fail-round", type=int, default=1)
 @click.option("--fail-mode", type=click.Choice(["raise", "exit", "hang"]), default="raise")
+@click.option("--controls", default="", help="comma-separated prune.controls")
+@click.option("--rewind", default=0, help="prune.rewind_iteration")
 def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fail_rank: int | None,
-         fail_round: int, fail_mode: str) -> None:
+         fail_round: int, fail_mode: str, controls: str, rewind: int) -> None:
     with distributed_session() as dist:
         rank = f"[rank {dist.rank}] " if dist is not None else ""
         logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s")
         prune = PruneConfig(method=method, partitions=partitions, rates={"conv": 0.2, "fc": 0.3},
-                            target_sparsity=0.75, max_rounds=4, evaluate="all")
+                            target_sparsity=0.75, max_rounds=4, evaluate="all",
+                            controls=[c for c in controls.split(",") if c], rewind_iteration=rewind)
         split = SplitConfig()
         config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
         run_dir = run_on_main(dist, prepare_run_dir, out, config, resume=resume, overwrite=False)

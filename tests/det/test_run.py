@@ -151,3 +151,28 @@ def test_tool_help_runs_as_a_script():
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "train_colt_det.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--resume" in out and "--overwrite" in out
+
+
+def test_a_control_of_the_runs_ticket_trains_on_its_own(colt_run, tmp_path):
+    tmp, _ = colt_run
+    ticket = load_ticket(tmp / "run" / "ticket.pt")
+    args = ["--cfg", "voc_synth_tiny.yaml", "--set", f"data.root={tmp / 'voc'}"]
+    for item in TINY:
+        args += ["--set", item]
+    out = tmp_path / "random_prune"
+    result = CliRunner().invoke(train_colt_det.main, [*args, "--ticket", str(tmp / "run" / "ticket.pt"),
+                                                      "--control", "random_prune", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ticket"]["control"] == "random_prune" and metrics["metric"] == "voc07 mAP"
+    mask = torch.load(out / "mask.pt", weights_only=True)
+    assert all(int(mask[k].sum()) == int(m.sum()) for k, m in ticket.mask.items())  # the ticket's counts
+    assert any(not torch.equal(mask[k], m) for k, m in ticket.mask.items())
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.count_nonzero(model[k][~m]) == 0 for k, m in mask.items())
+    report = (out / "report.md").read_text()
+    assert "a given random_prune control" in report and "| aeroplane |" in report
+    assert "| random_prune |" in result.output
+    lone = CliRunner().invoke(train_colt_det.main, [*args, "--control", "random_reinit", "--out", str(tmp_path / "x")])
+    assert lone.exit_code == 1
+    assert "Error: control: is a control of a given ticket: pass --ticket FILE too" in lone.output
