@@ -1,6 +1,9 @@
-"""Comparing runs of one setup (COLT-N against LTH): rounds to reach a sparsity, metric against sparsity,
-wall time, and the paper's Fig. 5 and Fig. 7 plots; plus the choice of tickets for a per-class table.
+"""Comparing runs of one setup (COLT-N against LTH): rounds to reach a sparsity, metric against sparsity
+(with the tickets' controls), wall time, and the paper's Fig. 5 and Fig. 7 plots; plus the choice of tickets
+for a per-class table.
 
+Runs whose configs differ only in their seed form a *series*; a series of several seeds adds mean ± sample
+standard deviation tables and bands in Fig. 5, so a difference between methods can be told from seed noise.
 Sparsity is always read from each round's own `sparsity.json` (the mask that round trained under), so
 the tables agree with the runs' reports. Task-agnostic: metrics are whatever the front end evaluated.
 """
@@ -9,15 +12,18 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from colt_core.config import ConfigError, flatten, read_yaml
+from colt_core.controls import CONTROLS
 from colt_core.errors import UserError
 from colt_core.export import ExportError, read_ticket_header
 from colt_core.io import (
@@ -28,7 +34,15 @@ from colt_core.io import (
     load_checkpoint,
     read_json,
 )
-from colt_core.rundir import RunDir, RunDirError, open_run, read_evaluation, read_summary
+from colt_core.rundir import (
+    Evaluation,
+    RoundDir,
+    RunDir,
+    RunDirError,
+    open_run,
+    read_evaluation,
+    read_summary,
+)
 from colt_core.sparsity import overall_sparsity, pruned_similarity
 
 log = logging.getLogger(__name__)
@@ -37,7 +51,11 @@ DEFAULT_LEVELS = (0.2, 0.4, 0.5, 0.6, 0.7, 0.79, 0.9)
 # Keys that legitimately differ between the runs of one setup: what is compared, when a run stops, what it
 # evaluates, and where it is written.
 IGNORED_CONFIG_KEYS = ("prune.method", "prune.partitions", "prune.rates", "prune.max_rounds",
-                       "prune.target_sparsity", "prune.evaluate", "output_dir")
+                       "prune.target_sparsity", "prune.evaluate", "prune.controls", "output_dir")
+# Keys that differ between the runs of one series: the seeds of one setup, each in its own folder.
+SERIES_KEYS = ("seed", "output_dir")
+# Fig. 5 line format of each control, in the order of the controls' columns (colour: the run's or series').
+CONTROL_FORMATS = (":^", "-.v", ":D")
 # Sparsities are exact fractions of integer counts; this only absorbs float formatting of a level.
 LEVEL_TOLERANCE = 1e-9
 
@@ -59,6 +77,7 @@ class ComparedRound:
     metric: str | None = None
     value: float | None = None
     per_class: dict[str, float] = field(default_factory=dict)
+    controls: dict[str, float | None] = field(default_factory=dict)  # control name -> its value
 
     @property
     def wall_time_s(self) -> float | None:
@@ -84,6 +103,14 @@ class ComparedRun:
     finished: bool
     architecture: dict[str, Any] | None
     class_names: list[str]
+    method_label: str = ""  # COLT-N or LTH as summary.json names it; the label before it is made unique
+
+    def __post_init__(self) -> None:
+        self.method_label = self.method_label or self.label
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
 
     def round_reaching(self, level: float) -> ComparedRound | None:
         """The first round whose mask is at least `level` sparse (None when the run never got there)."""
@@ -132,6 +159,7 @@ def read_run(path: str | Path, label: str | None = None) -> ComparedRun:
                 report = {"overall": {"sparsity": overall_sparsity(load_checkpoint(rdir.mask))}}
             if evaluation is None and rdir.eval.metrics.is_file():
                 evaluation = read_evaluation(rdir.eval)
+            controls = _read_controls(rdir, rec.controls if rec is not None else {})
         except CheckpointError as exc:
             raise CompareError(str(exc)) from None
         rate = report.get("prune_rate", {})
@@ -142,13 +170,30 @@ def read_run(path: str | Path, label: str | None = None) -> ComparedRun:
             eval_time_s=None if rec is None else (evaluation.wall_time_s if evaluation else 0.0),
             metric=evaluation.metric if evaluation else None, value=evaluation.value if evaluation else None,
             per_class={k: v for k, v in (evaluation.per_class if evaluation else {}).items()
-                       if isinstance(v, (int, float))}))
+                       if isinstance(v, (int, float))},
+            controls={name: control.value for name, control in controls.items()}))
     if not rounds:
         raise CompareError(f"{run.path}: no round_XX/mask.pt on disk; the run has not started")
     return ComparedRun(path=run.path, label=label or summary.label, method=summary.method,
                        partitions=summary.partitions, config=config, rounds=rounds, finished=header is not None,
                        architecture=header["architecture"] if header else None,
-                       class_names=list(split.get("class_names", [])))
+                       class_names=list(split.get("class_names", [])), method_label=summary.label)
+
+
+def _read_controls(rdir: RoundDir, stored: Mapping[str, Evaluation]) -> dict[str, Evaluation]:
+    """A round's controls as summary.json records them, else from their metrics.json (a run stopped before
+    its summary was written); known controls first, in their usual order."""
+    controls = dict(stored)
+    for name in CONTROLS:
+        if name not in controls and rdir.control(name).metrics.is_file():
+            controls[name] = read_evaluation(rdir.control(name))
+    return {name: controls[name] for name in _in_usual_order(controls)}
+
+
+def _in_usual_order(names: Iterable[str]) -> list[str]:
+    """Control names with the known ones first, in the order colt_core.controls lists them."""
+    found = set(names)
+    return [n for n in CONTROLS if n in found] + sorted(found - set(CONTROLS))
 
 
 def read_runs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> list[ComparedRun]:
@@ -169,18 +214,81 @@ def read_runs(paths: Sequence[str | Path], labels: Sequence[str] = ()) -> list[C
     return runs
 
 
-# ----- configs ---------------------------------------------------------------------------------------
-def config_differences(runs: Sequence[ComparedRun], ignore: Sequence[str] = IGNORED_CONFIG_KEYS) -> list[str]:
-    """Config keys on which some run differs from the first, beyond those a comparison varies."""
-    def ignored(key: str) -> bool:
-        return any(key == k or key.startswith(k + ".") for k in ignore)
+# ----- series and configs ----------------------------------------------------------------------------
+@dataclass
+class Series:
+    """Runs of one setup that differ only in their seed: what varies between them is the seeds' noise."""
 
-    first = flatten(runs[0].config)
+    label: str  # a single run's own label; several: "COLT-2 (3 seeds: 0, 1, 2)"
+    runs: list[ComparedRun]
+
+    @property
+    def method(self) -> str:
+        return self.runs[0].method
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [run.seed for run in self.runs]
+
+
+def _matches(key: str, keys: Sequence[str]) -> bool:
+    """Whether a flattened config key is one of `keys` or inside one of them."""
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def _setup(run: ComparedRun) -> dict[str, Any]:
+    """What the runs of one series share: the method and the config but for its seed and folder."""
+    config = {k: v for k, v in flatten(run.config).items() if not _matches(k, SERIES_KEYS)}
+    return {"method": run.method, "partitions": run.partitions, **config}
+
+
+def group_series(runs: Sequence[ComparedRun]) -> list[Series]:
+    """The runs grouped by setup, in the order each setup first appears; labels unique (#2 for a repeat)."""
+    groups: list[tuple[dict[str, Any], list[ComparedRun]]] = []
+    for run in runs:
+        setup = _setup(run)
+        members = next((m for s, m in groups if s == setup), None)
+        if members is None:
+            groups.append((setup, [run]))
+        else:
+            members.append(run)
+    series: list[Series] = []
+    for _, members in groups:
+        seeds = ", ".join(str(run.seed) for run in members)
+        label = members[0].label if len(members) == 1 else \
+            f"{members[0].method_label} ({len(members)} seeds: {seeds})"
+        unique, k = label, 1
+        while unique in {s.label for s in series}:
+            k += 1
+            unique = f"{label} #{k}"
+        series.append(Series(unique, members))
+    return series
+
+
+def seed_series(runs: Sequence[ComparedRun]) -> list[Series]:
+    """The series of several seeds: those with a spread to show."""
+    return [s for s in group_series(runs) if len(s.runs) > 1]
+
+
+def config_differences(runs: Sequence[ComparedRun], ignore: Sequence[str] = IGNORED_CONFIG_KEYS) -> list[str]:
+    """Config keys on which some series differs from the first, beyond those a comparison varies.
+
+    Each series' seeds count as one value (their sorted list): the seeds within a series never differ, two
+    series run at other seeds do.
+    """
+    def config(series: Series) -> dict[str, Any]:
+        flat = flatten(series.runs[0].config)
+        for key in SERIES_KEYS:
+            if key in flat:
+                flat[key] = sorted({flatten(run.config).get(key) for run in series.runs}, key=repr)
+        return flat
+
+    configs = [config(s) for s in group_series(runs)]
+    first = configs[0]
     keys: list[str] = []
-    for run in runs[1:]:
-        other = flatten(run.config)
+    for other in configs[1:]:
         for key in sorted(set(first) | set(other)):
-            if not ignored(key) and first.get(key) != other.get(key) and key not in keys:
+            if not _matches(key, ignore) and first.get(key) != other.get(key) and key not in keys:
                 keys.append(key)
     return keys
 
@@ -214,10 +322,77 @@ def rounds_to_sparsity(runs: Sequence[ComparedRun], levels: Sequence[float]) -> 
     return rows
 
 
-def metric_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
-    """Every evaluated ticket: run, round, both sparsities, metric and value."""
+def control_names(runs: Sequence[ComparedRun]) -> list[str]:
+    """The controls any round of the runs has, known ones first in their usual order."""
+    return _in_usual_order(name for run in runs for r in run.rounds for name in r.controls)
+
+
+def metric_rows(runs: Sequence[ComparedRun], controls: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every evaluated ticket: run, round, both sparsities, metric and value, and a column per control."""
     return [{"run": run.label, "round": r.round, "sparsity": r.sparsity, "prune_rate": r.prune_rate,
-             "metric": r.metric, "value": r.value} for run in runs for r in run.evaluated]
+             "metric": r.metric, "value": r.value, **{name: r.controls.get(name) for name in controls}}
+            for run in runs for r in run.evaluated]
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (n − 1) of n seeds' values; no mean below one value, no std below
+    two. In a table row it is three columns, NAME_n, NAME_mean and NAME_std."""
+
+    n: int
+    mean: float | None
+    std: float | None
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Spread:
+        known = [float(v) for v in values if v is not None]
+        return cls(len(known), statistics.mean(known) if known else None,
+                   statistics.stdev(known) if len(known) > 1 else None)
+
+    @staticmethod
+    def keys(name: str) -> list[str]:
+        return [f"{name}_n", f"{name}_mean", f"{name}_std"]
+
+    def columns(self, name: str) -> dict[str, Any]:
+        return dict(zip(self.keys(name), (self.n, self.mean, self.std)))
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, Any], name: str) -> Spread:
+        return cls(*(row[key] for key in cls.keys(name)))
+
+
+def series_round_rows(series: Sequence[Series], controls: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Per series and round: the spread of the mask's sparsity over the seeds that have the round, and of the
+    ticket's value and each control's over the seeds that evaluated them."""
+    rows = []
+    for s in series:
+        for r in sorted({rec.round for run in s.runs for rec in run.rounds}):
+            recs = [rec for run in s.runs for rec in run.rounds if rec.round == r]
+            evaluated = [rec for rec in recs if rec.evaluated]
+            row = {"series": s.label, "round": r, **Spread.of([rec.sparsity for rec in recs]).columns("sparsity"),
+                   "metric": next((rec.metric for rec in evaluated), None),
+                   **Spread.of([rec.value for rec in evaluated]).columns("value")}
+            for name in controls:
+                row.update(Spread.of([rec.controls.get(name) for rec in recs]).columns(name))
+            rows.append(row)
+    return rows
+
+
+def series_rounds_to_sparsity(series: Sequence[Series], levels: Sequence[float]) -> list[dict[str, Any]]:
+    """Per level and series: the spread of the first round at or above it over the seeds that reached it."""
+    rows = []
+    for level in levels:
+        for s in series:
+            reached = [rec.round for run in s.runs if (rec := run.round_reaching(level)) is not None]
+            rows.append({"level": level, "series": s.label, "seeds": len(s.runs),
+                         **Spread.of(reached).columns("rounds")})
+    return rows
+
+
+def series_rows(series: Sequence[Series]) -> list[dict[str, Any]]:
+    """Which runs (and seeds) each series holds."""
+    return [{"series": s.label, "method": s.method, "runs": [run.label for run in s.runs], "seeds": s.seeds}
+            for s in series]
 
 
 def wall_time_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
@@ -299,6 +474,15 @@ def _metric_value(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}"
 
 
+def _spread_text(row: Mapping[str, Any], name: str, scale: float = 100.0) -> str:
+    """'mean ± std (n=k)' of a row's spread columns, scaled (100: percent); no ± for a single value."""
+    spread = Spread.from_columns(row, name)
+    if spread.mean is None:
+        return ""
+    text = f"{scale * spread.mean:.2f}" + ("" if spread.std is None else f" ± {scale * spread.std:.2f}")
+    return f"{text} (n={spread.n})"
+
+
 def runs_markdown(runs: Sequence[ComparedRun]) -> str:
     lines = ["| run | directory | method | partitions | rates | rounds | final sparsity | prune rate | "
              "final metric | search time (s) | eval time (s) | total (s) |",
@@ -317,32 +501,64 @@ def runs_markdown(runs: Sequence[ComparedRun]) -> str:
     return "\n".join(lines)
 
 
-def rounds_to_sparsity_markdown(runs: Sequence[ComparedRun], rows: Sequence[Mapping[str, Any]]) -> str:
-    """Wide table: one row per level, per run 'rounds (sparsity reached, search time)'."""
-    labels = [r.label for r in runs]
+def _level_table(labels: Sequence[str], rows: Sequence[Mapping[str, Any]], column: str,
+                 cell: Callable[[Mapping[str, Any]], str]) -> str:
+    """Wide table: one row per level, a column per label (the rows' `column`), each cell as `cell` writes it."""
     lines = ["| sparsity ≥ | " + " | ".join(labels) + " |", "|---:|" + "---:|" * len(labels)]
     by_level: dict[float, dict[str, Mapping[str, Any]]] = {}
     for row in rows:
-        by_level.setdefault(row["level"], {})[row["run"]] = row
+        by_level.setdefault(row["level"], {})[row[column]] = row
     for level, cells in by_level.items():
-        text = []
-        for label in labels:
-            row = cells[label]
-            if row["rounds"] is None:
-                text.append("not reached")
-            else:
-                time_text = "" if row["search_time_s"] is None else f", {row['search_time_s']:.1f} s"
-                text.append(f"{row['rounds']} ({_pct(row['sparsity'])}{time_text})")
-        lines.append(f"| {_pct(level)} | " + " | ".join(text) + " |")
+        lines.append(f"| {_pct(level)} | " + " | ".join(cell(cells[label]) for label in labels) + " |")
     return "\n".join(lines)
 
 
-def metric_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+def _rounds_cell(row: Mapping[str, Any]) -> str:
+    if row["rounds"] is None:
+        return "not reached"
+    time_text = "" if row["search_time_s"] is None else f", {row['search_time_s']:.1f} s"
+    return f"{row['rounds']} ({_pct(row['sparsity'])}{time_text})"
+
+
+def rounds_to_sparsity_markdown(runs: Sequence[ComparedRun], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Wide table: one row per level, per run 'rounds (sparsity reached, search time)'."""
+    return _level_table([r.label for r in runs], rows, "run", _rounds_cell)
+
+
+def series_rounds_to_sparsity_markdown(series: Sequence[Series], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Wide table: one row per level, per series 'mean ± std (n=seeds that reached it)' of the rounds."""
+    return _level_table([s.label for s in series], rows, "series",
+                        lambda row: _spread_text(row, "rounds", scale=1.0) or "not reached")
+
+
+def metric_markdown(rows: Sequence[Mapping[str, Any]], controls: Sequence[str] = ()) -> str:
     lines = ["| run | round | sparsity (prunable weights) | prune rate (all parameters) | metric | "
-             "value (%) |", "|---|---:|---:|---:|---|---:|"]
+             "value (%) |" + "".join(f" {name} (%) |" for name in controls),
+             "|---|---:|---:|---:|---|---:|" + "---:|" * len(controls)]
     for row in rows:
         lines.append(f"| {row['run']} | {row['round']} | {_pct(row['sparsity'])} | "
-                     f"{_pct(row['prune_rate'])} | {row['metric'] or ''} | {_metric_value(row['value'])} |")
+                     f"{_pct(row['prune_rate'])} | {row['metric'] or ''} | {_metric_value(row['value'])} |"
+                     + "".join(f" {_metric_value(row[name])} |" for name in controls))
+    return "\n".join(lines)
+
+
+def series_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which runs each series holds, with their seeds."""
+    lines = ["| series | method | runs | seeds |", "|---|---|---|---|"]
+    for s in rows:
+        lines.append(f"| {s['series']} | {s['method']} | {', '.join(s['runs'])} | "
+                     f"{', '.join(str(seed) for seed in s['seeds'])} |")
+    return "\n".join(lines)
+
+
+def series_metric_markdown(rows: Sequence[Mapping[str, Any]], controls: Sequence[str] = ()) -> str:
+    """Per series and round: sparsity, ticket value and each control's value as 'mean ± std (n=seeds)'."""
+    lines = ["| series | round | sparsity (%) | metric | value (%) |" + "".join(f" {c} (%) |" for c in controls),
+             "|---|---:|---:|---|---:|" + "---:|" * len(controls)]
+    for row in rows:
+        cells = [_spread_text(row, "sparsity"), row["metric"] or "", _spread_text(row, "value"),
+                 *(_spread_text(row, name) for name in controls)]
+        lines.append(f"| {row['series']} | {row['round']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -398,33 +614,59 @@ def _save_png(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     return Path(path)
 
 
-def run_colours(runs: Sequence[ComparedRun]) -> dict[str, str]:
-    """One colour per run: the paper's red for the first LTH run and green for the first COLT run."""
+def series_colours(series: Sequence[Series]) -> dict[str, str]:
+    """One colour per series: the paper's red for the first LTH series and green for the first COLT one."""
     preferred = {"lth": "tab:red", "colt": "tab:green"}
     others = iter(c for c in _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
                   if c not in ("#d62728", "#2ca02c"))
     colours: dict[str, str] = {}
-    for run in runs:
-        colour = preferred.pop(run.method, None)
-        colours[run.label] = colour or next(others, "black")
+    for s in series:
+        colour = preferred.pop(s.method, None)
+        colours[s.label] = colour or next(others, "black")
     return colours
 
 
+def _band(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[list[float], list[float]]:
+    """Mean − std and mean + std of the rows' `name` in percent (the mean alone where there is no std)."""
+    spreads = [Spread.from_columns(row, name) for row in rows]
+    return ([100 * (s.mean - (s.std or 0.0)) for s in spreads], [100 * (s.mean + (s.std or 0.0)) for s in spreads])
+
+
+def _plot_spread(ax: Any, rows: Sequence[Mapping[str, Any]], name: str, fmt: str, colour: str, label: str,
+                 band: bool) -> None:
+    """A line of the rows' mean `name` against their mean sparsity, with a band of ± one std if asked."""
+    rows = [row for row in rows if row[f"{name}_n"]]
+    if not rows:
+        return
+    xs = [100 * row["sparsity_mean"] for row in rows]
+    ax.plot(xs, [100 * row[f"{name}_mean"] for row in rows], fmt, color=colour, label=label)
+    if band:
+        ax.fill_between(xs, *_band(rows, name), color=colour, alpha=0.15, linewidth=0)
+
+
 def plot_metric_and_rounds(runs: Sequence[ComparedRun], path: str | Path, title: str = "") -> Path:
-    """Fig. 5: ticket metric (solid, left axis) and rounds taken (dashed, right axis) against sparsity."""
+    """Fig. 5: ticket metric (solid, left axis), its controls (dotted) and rounds taken (dashed, right axis)
+    against sparsity; one line per series: a run's own, or the mean of several seeds in a band of ± one std."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     rounds_ax = ax.twinx()
-    colours = run_colours(runs)
+    series = group_series(runs)
+    colours = series_colours(series)
+    controls = control_names(runs)
     metric_names = sorted({r.metric for run in runs for r in run.evaluated if r.metric})
-    for run in runs:
-        colour = colours[run.label]
-        ev = run.evaluated
-        if ev:
-            ax.plot([100 * r.sparsity for r in ev], [100 * r.value for r in ev], "-o", color=colour,
-                    label=f"{run.label} {ev[0].metric or 'metric'}")
-        rounds_ax.plot([100 * r.sparsity for r in run.rounds], [r.round for r in run.rounds], "--s",
-                       color=colour, alpha=0.8, markersize=4, label=f"{run.label} rounds")
+    for s in series:
+        colour = colours[s.label]
+        rows = series_round_rows([s], controls)
+        metric = next((row["metric"] for row in rows if row["value_n"]), None)
+        band = len(s.runs) > 1
+        _plot_spread(ax, rows, "value", "-o", colour, f"{s.label} {metric or 'metric'}", band)
+        for name, fmt in zip(controls, itertools.cycle(CONTROL_FORMATS)):
+            _plot_spread(ax, rows, name, fmt, colour, f"{s.label} {name}", band)
+        rounds = [row["round"] for row in rows]
+        rounds_ax.plot([100 * row["sparsity_mean"] for row in rows], rounds, "--s", color=colour, alpha=0.8,
+                       markersize=4, label=f"{s.label} rounds")
+        if band:
+            rounds_ax.fill_betweenx(rounds, *_band(rows, "sparsity"), color=colour, alpha=0.15, linewidth=0)
     ax.set_xlabel("sparsity of the prunable weights (%)")
     ax.set_ylabel(f"{' / '.join(metric_names) or 'metric'} (%)")
     rounds_ax.set_ylabel("pruning rounds")
@@ -435,7 +677,8 @@ def plot_metric_and_rounds(runs: Sequence[ComparedRun], path: str | Path, title:
     ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small", loc="upper center",
               bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
-    ax.set_title(title or "Ticket metric (solid) and pruning rounds (dashed) against sparsity")
+    bands = "\nseries of several seeds: mean, shaded ± one std" if any(len(s.runs) > 1 for s in series) else ""
+    ax.set_title(title or f"Ticket metric (solid) and pruning rounds (dashed) against sparsity{bands}")
     fig.tight_layout()
     return _save_png(fig, path)
 
@@ -475,6 +718,36 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower() or "run"
 
 
+def write_series(runs: Sequence[ComparedRun], out_dir: Path, levels: Sequence[float], controls: Sequence[str]
+                 ) -> tuple[list[str], dict[str, Path], dict[str, Any]]:
+    """The series section of comparison.md, its CSV files and its comparison.json entries; nothing at all when
+    no series has several seeds, so a comparison of single runs reads as before."""
+    series = seed_series(runs)
+    if not series:
+        return [], {}, {}
+    listing = series_rows(group_series(runs))
+    per_round = series_round_rows(series, controls)
+    r2s = series_rounds_to_sparsity(series, levels)
+    files = {"series_metric_csv": write_csv(out_dir / "series_metric.csv", per_round,
+                                            ["series", "round", *Spread.keys("sparsity"), "metric",
+                                             *Spread.keys("value"), *(k for c in controls for k in Spread.keys(c))]),
+             "series_rounds_csv": write_csv(out_dir / "series_rounds_to_sparsity.csv", r2s,
+                                            ["level", "series", "seeds", *Spread.keys("rounds")])}
+    parts = ["## Series: mean ± std over seeds", "",
+             "Runs whose configs differ only in seed (and output_dir) form a series. Each cell is the mean ± "
+             "the sample standard deviation (n − 1) over the series' seeds, with n, the number of seeds it is "
+             "over; no ± where n = 1. Fig. 5 draws each series of several seeds as its mean, shaded ± one std.",
+             "", series_markdown(listing), "",
+             "### Rounds to reach each sparsity", "",
+             "The first round whose mask is at least that sparse, over the seeds that reached it.", "",
+             series_rounds_to_sparsity_markdown(series, r2s), "",
+             "### Sparsity and ticket metric per round", "",
+             "Sparsity over the seeds that have the round; the ticket's value, and each control's, over the "
+             "seeds that evaluated it.", "",
+             series_metric_markdown(per_round, controls), ""]
+    return parts, files, {"series": listing, "series_metric": per_round, "series_rounds_to_sparsity": r2s}
+
+
 def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: Sequence[float] = DEFAULT_LEVELS,
                      extra_sections: Sequence[str] = (), extra_files: Mapping[str, Path] | None = None
                      ) -> dict[str, Path]:
@@ -492,7 +765,8 @@ def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: S
     files: dict[str, Path] = dict(extra_files or {})
     all_levels = sparsity_levels(runs, levels)
     r2s = rounds_to_sparsity(runs, all_levels)
-    metrics = metric_rows(runs)
+    controls = control_names(runs)
+    metrics = metric_rows(runs, controls)
     times = wall_time_rows(runs)
     diffs = config_differences(runs)
     if diffs:
@@ -503,7 +777,7 @@ def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: S
                                     ["level", "run", "method", "rounds", "sparsity", "prune_rate",
                                      "search_time_s"])
     files["metric_csv"] = write_csv(out_dir / "metric_vs_sparsity.csv", metrics,
-                                    ["run", "round", "sparsity", "prune_rate", "metric", "value"])
+                                    ["run", "round", "sparsity", "prune_rate", "metric", "value", *controls])
     files["wall_time_csv"] = write_csv(out_dir / "wall_time.csv", times,
                                        ["run", "round", "sparsity", "search_time_s", "eval_time_s",
                                         "wall_time_s", "cumulative_s"])
@@ -520,10 +794,17 @@ def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: S
               "each round's sparsity.json), the sparsity it has, and the wall time of the trainings before "
               "it.",
               "", rounds_to_sparsity_markdown(runs, r2s), "",
-              "## Ticket metric against sparsity", "",
-              metric_markdown(metrics) if metrics else "(no evaluated tickets)", "",
-              f"![Fig. 5 style: metric and rounds against sparsity]({files['fig5'].name})", "",
-              "## Wall time per round", "", wall_time_markdown(times), ""]
+              "## Ticket metric against sparsity", ""]
+    if controls:
+        parts += ["The last columns are the ticket's controls, trained and evaluated with its recipe: "
+                  "random_prune, a random mask with the ticket's per-layer counts from the ticket's start "
+                  "weights; random_reinit, the ticket's mask on a fresh initialisation.", ""]
+    parts += [metric_markdown(metrics, controls) if metrics else "(no evaluated tickets)", "",
+              f"![Fig. 5 style: metric and rounds against sparsity]({files['fig5'].name})", ""]
+    section, series_files, series_json = write_series(runs, out_dir, all_levels, controls)
+    parts += section
+    files.update(series_files)
+    parts += ["## Wall time per round", "", wall_time_markdown(times), ""]
 
     similarity: list[dict[str, Any]] = []
     pairs = comparison_pairs(runs)
@@ -558,5 +839,5 @@ def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: S
                   "finished": r.finished, "total_search_time_s": r.total_search_time_s,
                   "total_eval_time_s": r.total_eval_time_s} for r in runs],
         "config_differences": diffs, "rounds_to_sparsity": r2s, "metric_vs_sparsity": metrics,
-        "wall_time": times, "similarity": similarity}, default=str)), files["json"])
+        "wall_time": times, "similarity": similarity, **series_json}, default=str)), files["json"])
     return files

@@ -1,7 +1,9 @@
-"""Compare COLT and LTH runs of one setup: rounds to reach each sparsity, metric against sparsity, wall time,
-the paper's Fig. 5 and Fig. 7 plots, and for detection runs the per-class AP table (the paper's Table VII).
+"""Compare COLT and LTH runs of one setup: rounds to reach each sparsity, metric against sparsity (with the
+tickets' controls), wall time, the paper's Fig. 5 and Fig. 7 plots, and for detection runs the per-class AP
+table (the paper's Table VII). Runs that differ only in their seed form a series, shown as mean ± std.
 
     python tools/compare_runs.py runs/voc_lth runs/voc_colt2 --out runs/compare_voc
+    python tools/compare_runs.py runs/lth_s0 runs/lth_s1 runs/colt2_s0 runs/colt2_s1 --out runs/compare_seeds
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from colt_core.compare import (  # noqa: E402
     read_runs,
     rounds_to_sparsity,
     rounds_to_sparsity_markdown,
+    seed_series,
+    series_rounds_to_sparsity,
+    series_rounds_to_sparsity_markdown,
     sparsity_levels,
     write_comparison,
     write_csv,
@@ -111,9 +116,13 @@ def main(runs: tuple[str, ...], out: str, labels: tuple[str, ...], levels: str) 
             text, extra = write_per_class(records, out_dir)
             sections.append(text)
         files = write_comparison(records, out_dir, level_values, sections, extra)
-    rows = rounds_to_sparsity(records, sparsity_levels(records, level_values))
+    all_levels = sparsity_levels(records, level_values)
     click.echo("rounds to reach each sparsity (round, sparsity reached, search time):")
-    click.echo(rounds_to_sparsity_markdown(records, rows))
+    click.echo(rounds_to_sparsity_markdown(records, rounds_to_sparsity(records, all_levels)))
+    series = seed_series(records)
+    if series:
+        click.echo("\nrounds to reach each sparsity, mean ± sample std (n − 1) over the seeds that reached it:")
+        click.echo(series_rounds_to_sparsity_markdown(series, series_rounds_to_sparsity(series, all_levels)))
     click.echo("\nwritten:")
     for path in files.values():
         click.echo(f"  {path}")

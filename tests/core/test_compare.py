@@ -1,9 +1,11 @@
-"""Comparing a COLT and an LTH run: tables agree with the runs' own files; plots written; configs checked."""
+"""Comparing a COLT and an LTH run: tables agree with the runs' own files; plots written; configs checked.
+Several seeds of each: the series' mean ± std agree with the runs' summaries; controls reach every table."""
 
 import csv
 import importlib.util
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from colt_core.compare import (
     ComparedRun,
     CompareError,
     config_differences,
+    group_series,
     matching_tickets,
     read_run,
     read_runs,
@@ -27,7 +30,7 @@ from colt_core.compare import (
 )
 from colt_core.config import to_dict
 from colt_core.io import read_json
-from colt_core.rundir import prepare_run_dir
+from colt_core.rundir import RunDir, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +40,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_run(out: Path, method: str, max_rounds: int) -> Path:
+def make_run(out: Path, method: str, max_rounds: int, seed: int = 3) -> Path:
     prune = PruneConfig(method=method, partitions=2, rates={"conv": 0.2, "fc": 0.3}, target_sparsity=0.75,
                         max_rounds=max_rounds, evaluate="all")
     split = SplitConfig()
-    config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
+    config = {"seed": seed, "prune": to_dict(prune), "split": to_dict(split)}
     run_dir = prepare_run_dir(out, config, resume=False, overwrite=False)
-    run_toy(run_dir, prune, split, seed=3, epochs=2)
+    run_toy(run_dir, prune, split, seed=seed, epochs=2)
     return run_dir.path
 
 
@@ -53,15 +56,20 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     return make_run(root / "colt", "colt", 3), make_run(root / "lth", "lth", 4)
 
 
-@pytest.fixture(scope="module")
-def compared(runs, tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("compare")
+def compare_with_the_tool(runs: list[Path], out: Path) -> str:
+    """tools/compare_runs.py on the runs into `out`; its printed output."""
     spec = importlib.util.spec_from_file_location("compare_runs_tool", REPO / "tools" / "compare_runs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    result = CliRunner().invoke(module.main, [str(runs[0]), str(runs[1]), "--out", str(out)])
+    result = CliRunner().invoke(module.main, [*map(str, runs), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    return out, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def compared(runs, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("compare")
+    return out, compare_with_the_tool(list(runs), out)
 
 
 def own_sparsities(run: Path) -> list[float]:
@@ -218,3 +226,199 @@ def test_a_level_a_run_reaches_exactly_is_listed_once():
     table = rounds_to_sparsity_markdown([lth, colt], rows)
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["20.00%", "36.00%", "40.00%",
                                                                             "50.00%"]
+
+
+# ----- several seeds and controls -------------------------------------------------------------------------
+SEEDS = (0, 1)
+
+
+def control_value(r: int, seed: int, name: str) -> float:
+    """A control's value, made up: it differs per round, seed and control, so each mean and std is its own."""
+    return 0.5 + 0.1 * r - 0.07 * seed - (0.2 if name == "random_reinit" else 0.0)
+
+
+def add_controls(run: Path, seed: int) -> None:
+    """Write both controls of every evaluated pruned round into summary.json, as the round loop records them."""
+    summary = read_json(run / "summary.json")
+    for rec in summary["rounds"]:
+        if rec["round"] > 0 and rec.get("eval"):
+            rec["controls"] = {name: {**rec["eval"], "value": control_value(rec["round"], seed, name)}
+                               for name in ("random_prune", "random_reinit")}
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory) -> dict[str, list[Path]]:
+    """Two seeds of COLT-2 and of LTH; the COLT runs' summaries hold both controls of every pruned round."""
+    root = tmp_path_factory.mktemp("seeds")
+    colt = [make_run(root / f"colt_s{seed}", "colt", 3, seed) for seed in SEEDS]
+    lth = [make_run(root / f"lth_s{seed}", "lth", 4, seed) for seed in SEEDS]
+    for seed, run in zip(SEEDS, colt):
+        add_controls(run, seed)
+    return {"COLT-2": colt, "LTH": lth}
+
+
+@pytest.fixture(scope="module")
+def seed_compared(seed_runs, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("seed_compare")
+    return out, compare_with_the_tool([*seed_runs["COLT-2"], *seed_runs["LTH"]], out)
+
+
+def series_label(method: str) -> str:
+    return f"{method} (2 seeds: 0, 1)"
+
+
+def spread(values: list[float]) -> dict[str, float | int | None]:
+    """n, mean and sample std as the test computes them by hand (no std for one value, nothing for none)."""
+    return {"n": len(values), "mean": statistics.mean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def spread_in(row: dict, name: str, parse=lambda v: v) -> dict:
+    """A row's NAME_n, NAME_mean and NAME_std (`parse` turns CSV cells back into numbers)."""
+    return {k: parse(row[f"{name}_{k}"]) for k in ("n", "mean", "std")}
+
+
+def csv_number(cell: str) -> float | None:
+    return None if cell == "" else float(cell)
+
+
+def test_seeds_of_one_setup_form_one_series_per_method(seed_runs, seed_compared):
+    out, output = seed_compared
+    records = read_runs([*seed_runs["COLT-2"], *seed_runs["LTH"]])
+    series = group_series(records)
+    assert [s.label for s in series] == [series_label("COLT-2"), series_label("LTH")]
+    assert [[r.path for r in s.runs] for s in series] == [seed_runs["COLT-2"], seed_runs["LTH"]]
+    assert config_differences(records) == []  # seeds differ within each series, alike across them
+    data = json.loads((out / "comparison.json").read_text())
+    assert [(s["series"], s["method"], s["seeds"]) for s in data["series"]] == [
+        (series_label("COLT-2"), "colt", [0, 1]), (series_label("LTH"), "lth", [0, 1])]
+    text = (out / "comparison.md").read_text()
+    assert "Warning" not in text and "## Series: mean ± std over seeds" in text
+    assert "sample standard deviation (n − 1)" in text
+    assert f"| sparsity ≥ | {series_label('COLT-2')} | {series_label('LTH')} |" in text
+    assert f"| sparsity ≥ | {series_label('COLT-2')} | {series_label('LTH')} |" in output
+    data = (out / "fig5_metric_rounds_vs_sparsity.png").read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+
+
+def test_series_metric_and_sparsity_are_the_mean_and_std_over_seeds(seed_runs, seed_compared):
+    out, _ = seed_compared
+    data = json.loads((out / "comparison.json").read_text())
+    from_csv = read_csv(out / "series_metric.csv")
+    assert len(from_csv) == len(data["series_metric"])
+    for method, runs in seed_runs.items():
+        summaries = [{rec["round"]: rec for rec in read_json(run / "summary.json")["rounds"]} for run in runs]
+        sparsities = [own_sparsities(run) for run in runs]
+        rows = [row for row in data["series_metric"] if row["series"] == series_label(method)]
+        csv_rows = [row for row in from_csv if row["series"] == series_label(method)]
+        assert [row["round"] for row in rows] == list(range(max(map(len, sparsities))))
+        for row, csv_row in zip(rows, csv_rows):
+            r = row["round"]
+            evaluated = [s[r] for s in summaries if r in s and s[r].get("eval")]
+            expected = {"sparsity": spread([s[r] for s in sparsities if r < len(s)]),
+                        "value": spread([rec["eval"]["value"] for rec in evaluated])}
+            for name in ("random_prune", "random_reinit"):
+                expected[name] = spread([rec["controls"][name]["value"] for rec in evaluated
+                                         if name in rec.get("controls", {})])
+            assert expected["value"]["n"] == 2
+            assert (expected["random_prune"]["n"] == 2) == (method == "COLT-2" and r > 0)
+            for name, stats in expected.items():
+                assert spread_in(row, name) == stats, (method, r, name)
+                assert spread_in(csv_row, name, csv_number) == {
+                    k: None if v is None else float(v) for k, v in stats.items()}, (method, r, name)
+            assert row["metric"] == csv_row["metric"] == "accuracy"
+    colt_r1 = next(row for row in data["series_metric"] if row["series"] == series_label("COLT-2")
+                   and row["round"] == 1)
+    mean, std = 100 * colt_r1["random_prune_mean"], 100 * colt_r1["random_prune_std"]
+    assert f"| {mean:.2f} ± {std:.2f} (n=2) |" in (out / "comparison.md").read_text()
+
+
+def test_series_rounds_to_sparsity_are_over_the_seeds_that_reached_each_level(seed_runs, seed_compared):
+    out, _ = seed_compared
+    data = json.loads((out / "comparison.json").read_text())
+    from_csv = read_csv(out / "series_rounds_to_sparsity.csv")
+    assert len(from_csv) == len(data["series_rounds_to_sparsity"]) == len(data["rounds_to_sparsity"]) // 2
+    levels = {row["level"] for row in data["series_rounds_to_sparsity"]}
+    assert {0.2, 0.5, 0.9} <= levels
+    for row, csv_row in zip(data["series_rounds_to_sparsity"], from_csv):
+        method = "COLT-2" if row["series"] == series_label("COLT-2") else "LTH"
+        firsts = [next((r for r, s in enumerate(own_sparsities(run)) if s >= row["level"] - 1e-9), None)
+                  for run in seed_runs[method]]
+        expected = spread([r for r in firsts if r is not None])
+        assert row["seeds"] == 2 and spread_in(row, "rounds") == expected
+        assert spread_in(csv_row, "rounds", csv_number) == {k: None if v is None else float(v)
+                                                           for k, v in expected.items()}
+    unreached = [row for row in data["series_rounds_to_sparsity"] if row["level"] == 0.9]
+    assert [row["rounds_n"] for row in unreached] == [0, 0]  # the runs stop at 75%
+    table = (out / "comparison.md").read_text().split("### Rounds to reach each sparsity")[1]
+    assert "| 90.00% | not reached | not reached |" in table
+
+
+def test_controls_reach_the_tables_from_the_summary_or_the_disk(seed_runs, seed_compared, tmp_path):
+    out, _ = seed_compared
+    metrics = read_csv(out / "metric_vs_sparsity.csv")
+    assert list(metrics[0]) == ["run", "round", "sparsity", "prune_rate", "metric", "value", "random_prune",
+                                "random_reinit"]
+    data = json.loads((out / "comparison.json").read_text())
+    labels = {run.path: run.label for run in read_runs([*seed_runs["COLT-2"], *seed_runs["LTH"]])}
+    for seed, run in zip(SEEDS, seed_runs["COLT-2"]):
+        for rows in (metrics, data["metric_vs_sparsity"]):
+            mine = [row for row in rows if row["run"] == labels[run]]
+            for row in mine:
+                r = int(row["round"])
+                for name in ("random_prune", "random_reinit"):
+                    got = csv_number(row[name]) if rows is metrics else row[name]
+                    assert got == (None if r == 0 else control_value(r, seed, name))
+    assert all(row["random_prune"] is None for row in data["metric_vs_sparsity"] if row["run"].startswith("LTH"))
+    text = (out / "comparison.md").read_text()
+    assert "| value (%) | random_prune (%) | random_reinit (%) |" in text
+
+    # A run stopped before its summary recorded the control: its metrics.json on disk is read instead.
+    lth = tmp_path / "lth"
+    shutil.copytree(seed_runs["LTH"][0], lth)
+    evaluation = read_json(lth / "summary.json")["rounds"][2]["eval"]
+    metrics_file = RunDir(lth).round(2).control("random_reinit").metrics
+    metrics_file.parent.mkdir(parents=True)
+    metrics_file.write_text(json.dumps({**evaluation, "value": 0.25}))
+    rounds = read_run(lth).rounds
+    assert rounds[2].controls == {"random_reinit": 0.25}
+    assert all(not rec.controls for rec in rounds if rec.round != 2)
+
+
+def test_runs_differing_beyond_the_seed_are_separate_series_and_warned(seed_runs, tmp_path):
+    rewound = []
+    for run in seed_runs["COLT-2"]:
+        rewound.append(tmp_path / f"rewind_{run.name}")
+        shutil.copytree(run, rewound[-1])
+        config = yaml.safe_load((rewound[-1] / "config.yaml").read_text())
+        config["prune"]["rewind_iteration"] = 5
+        (rewound[-1] / "config.yaml").write_text(yaml.safe_dump(config))
+    records = read_runs([*seed_runs["COLT-2"], *rewound, *seed_runs["LTH"]])
+    series = group_series(records)
+    assert [s.label for s in series] == [series_label("COLT-2"), series_label("COLT-2") + " #2",
+                                         series_label("LTH")]
+    assert [[r.path for r in s.runs] for s in series] == [seed_runs["COLT-2"], rewound, seed_runs["LTH"]]
+    assert config_differences(records) == ["prune.rewind_iteration"]
+    files = write_comparison(records, tmp_path / "out")
+    text = files["markdown"].read_text()
+    assert "**Warning:** the configs differ" in text and "prune.rewind_iteration" in text.split("## Runs")[0]
+    rows = json.loads(files["json"].read_text())["series_rounds_to_sparsity"]
+    assert len({row["series"] for row in rows}) == 3
+
+    # A single run keeps its own label; its seed set differs from a series' and is warned about.
+    records = read_runs([*seed_runs["COLT-2"], seed_runs["LTH"][1]])
+    assert [s.label for s in group_series(records)] == [series_label("COLT-2"), "LTH"]
+    assert config_differences(records) == ["seed"]
+
+
+def test_a_comparison_of_single_runs_has_no_series_outputs(compared):
+    out, _ = compared
+    data = json.loads((out / "comparison.json").read_text())
+    assert set(data) == {"runs", "config_differences", "rounds_to_sparsity", "metric_vs_sparsity", "wall_time",
+                         "similarity"}
+    assert not list(out.glob("series_*"))
+    text = (out / "comparison.md").read_text()
+    assert "Series" not in text and "±" not in text and "random_prune" not in text
+    assert list(read_csv(out / "metric_vs_sparsity.csv")[0]) == ["run", "round", "sparsity", "prune_rate",
+                                                                 "metric", "value"]
