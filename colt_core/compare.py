@@ -308,6 +308,13 @@ def sparsity_levels(runs: Sequence[ComparedRun], levels: Sequence[float] = DEFAU
     return sorted(lowest.values())
 
 
+def series_levels(runs: Sequence[ComparedRun], levels: Sequence[float] = DEFAULT_LEVELS) -> list[float]:
+    """The levels asked for alone (each seed's own sparsities would be rows of noise), each as
+    `sparsity_levels` has it: the lowest sparsity printed alike, so a run at 19.99997% reaches 20%."""
+    shown = {_pct(level) for level in levels}
+    return [level for level in sparsity_levels(runs, levels) if _pct(level) in shown]
+
+
 def rounds_to_sparsity(runs: Sequence[ComparedRun], levels: Sequence[float]) -> list[dict[str, Any]]:
     """Per level and run: the first round at or above it, its sparsity, and the search time to get there."""
     rows = []
@@ -409,11 +416,13 @@ def wall_time_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
 
 
 def comparison_pairs(runs: Sequence[ComparedRun]) -> list[tuple[ComparedRun, ComparedRun]]:
-    """(reference, other) pairs for Fig. 7: each LTH run against each COLT run, else the first vs the rest."""
+    """(reference, other) pairs for Fig. 7: each LTH run against each COLT run (of the same seed, when seeds
+    pair up), else the first vs the rest."""
     lth = [r for r in runs if r.method == "lth"]
     colt = [r for r in runs if r.method != "lth"]
     if lth and colt:
-        return [(a, b) for a in lth for b in colt]
+        same_seed = [(a, b) for a in lth for b in colt if a.seed == b.seed]
+        return same_seed or [(a, b) for a in lth for b in colt]
     return [(runs[0], other) for other in runs[1:]]
 
 
@@ -801,7 +810,7 @@ def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: S
                   "weights; random_reinit, the ticket's mask on a fresh initialisation.", ""]
     parts += [metric_markdown(metrics, controls) if metrics else "(no evaluated tickets)", "",
               f"![Fig. 5 style: metric and rounds against sparsity]({files['fig5'].name})", ""]
-    section, series_files, series_json = write_series(runs, out_dir, all_levels, controls)
+    section, series_files, series_json = write_series(runs, out_dir, series_levels(runs, levels), controls)
     parts += section
     files.update(series_files)
     parts += ["## Wall time per round", "", wall_time_markdown(times), ""]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from colt_core.config import read_yaml
 from colt_core.errors import UserError
 from colt_core.io import (
     atomic_save,
@@ -235,9 +236,14 @@ def _rounds_text(rounds: Sequence[int]) -> str:
     return ", ".join(map(str, rounds)) if rounds else "none"
 
 
+def _start_weights(run: RunDir, r: int) -> Path:
+    return run.start_weights(r, read_yaml(run.config) if run.config.is_file() else {})
+
+
 def load_round_ticket(run: RunDir, round: int | None = None,
                       architecture: Mapping[str, Any] | None = None) -> Ticket:
-    """The ticket of one round (its mask + θ0), or the run's final ticket when `round` is None.
+    """The ticket of one round (its mask + its start weights: θ0, or with late rewinding the rewind point), or
+    the run's final ticket when `round` is None.
 
     `architecture` describes the model when the run is unfinished (it has no ticket.pt yet). The
     returned ticket's meta holds the run's meta plus `round` and `run_dir`.
@@ -257,7 +263,7 @@ def load_round_ticket(run: RunDir, round: int | None = None,
                           f"{_rounds_text(rounds)}")
     rdir = run.round(round)
     mask = load_checkpoint(rdir.mask)
-    init = load_checkpoint(run.init)
+    init = load_checkpoint(_start_weights(run, round))
     if header is not None:
         arch, meta = header["architecture"], dict(header["meta"])
     elif architecture is not None:
@@ -429,7 +435,7 @@ def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
             log.warning("%s: %d pruned weights are not zero in the trained model; they are exported as zero",
                         weights_path, revived)
     else:
-        weights_path, raw = run.init, ticket.init
+        weights_path, raw = _start_weights(run, r), ticket.init
     weights = target.complete(masked_state_dict(raw, ticket.mask))
     try:
         target.model.load_state_dict(weights, strict=True)

@@ -88,9 +88,8 @@ class Method:
         return not self.full_data and (r == 0 or not self.rewinds_late)
 
     def rewind_source(self, run_dir: RunDir) -> TrainingDir:
-        """The training whose weights after `rewind_iteration` steps are the run's one rewind point: LTH's
-        round 0 (a full-data training), COLT's dense model (round 0's ticket evaluation)."""
-        return run_dir.round(0).partition(0) if self.full_data else run_dir.round(0).eval
+        """The training whose weights after `rewind_iteration` steps are the run's one rewind point."""
+        return run_dir.rewind_source(self.name)
 
 
 @dataclass

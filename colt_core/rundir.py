@@ -177,6 +177,19 @@ class RunDir:
     def round(self, r: int) -> RoundDir:
         return RoundDir(self.path / f"round_{r:02d}", r)
 
+    def rewind_source(self, method: str) -> TrainingDir:
+        """The training whose weights after `prune.rewind_iteration` steps are a late-rewinding run's one rewind
+        point: LTH's round 0 (a full-data training), COLT's dense model (round 0's ticket evaluation)."""
+        return self.round(0).partition(0) if method == "lth" else self.round(0).eval
+
+    def start_weights(self, r: int, config: Mapping[str, Any]) -> Path:
+        """Where round `r`'s ticket starts (`config` is the run's): θ0, or with late rewinding the rewind point
+        (round 0, the dense model, starts at θ0 either way)."""
+        prune = config.get("prune") or {}
+        if r > 0 and prune.get("rewind_iteration"):
+            return self.rewind_source(prune.get("method", "colt")).rewind
+        return self.init
+
     def rounds(self) -> list[int]:
         """Rounds whose mask is on disk, in order."""
         found = []

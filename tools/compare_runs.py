@@ -28,6 +28,7 @@ from colt_core.compare import (  # noqa: E402
     rounds_to_sparsity,
     rounds_to_sparsity_markdown,
     seed_series,
+    series_levels,
     series_rounds_to_sparsity,
     series_rounds_to_sparsity_markdown,
     sparsity_levels,
@@ -122,7 +123,8 @@ def main(runs: tuple[str, ...], out: str, labels: tuple[str, ...], levels: str) 
     series = seed_series(records)
     if series:
         click.echo("\nrounds to reach each sparsity, mean ± sample std (n − 1) over the seeds that reached it:")
-        click.echo(series_rounds_to_sparsity_markdown(series, series_rounds_to_sparsity(series, all_levels)))
+        rows = series_rounds_to_sparsity(series, series_levels(records, level_values))
+        click.echo(series_rounds_to_sparsity_markdown(series, rows))
     click.echo("\nwritten:")
     for path in files.values():
         click.echo(f"  {path}")

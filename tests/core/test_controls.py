@@ -15,6 +15,7 @@ from toy import ToyTask, run_toy
 
 from colt_core.config import ConfigError, from_dict, to_dict
 from colt_core.controls import make_control, random_prune_mask
+from colt_core.export import load_round_ticket
 from colt_core.io import read_json
 from colt_core.rundir import RunDir, prepare_run_dir, read_summary
 from colt_core.settings import PruneConfig, SplitConfig
@@ -232,6 +233,9 @@ def test_late_rewinding_has_one_point_for_partitions_evaluations_controls_and_th
             assert torch.equal(value, want), f"{tag}: {k} does not start from the rewind point"
     evaluated = [t for t in task.starts if t.endswith("/full") and t != source_tag]
     assert evaluated  # a sparse ticket's evaluation started from the point, its head included
+    exported = load_round_ticket(run, 1)  # an export of a round's ticket takes the same start weights
+    assert all(torch.equal(exported.init[k], point[k]) for k in point)
+    assert all(torch.equal(load_round_ticket(run, 0).init[k], init[k]) for k in init)  # the dense model's: θ0
 
 
 def test_without_late_rewinding_the_ticket_says_it_starts_from_theta0(controlled):
