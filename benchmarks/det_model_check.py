@@ -42,6 +42,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def plain_step(model, images, targets, optimizer, scaler, device, *, amp: bool) -> torch.Tensor:
+    """One training step as torchvision's references/detection `train_one_epoch` takes it (float16 autocast
+    with a GradScaler for `--amp`); the summed loss."""
+    with torch.autocast(device.type, enabled=amp):
+        loss = sum(model(images, targets).values())
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
 def time_training_steps(model, images, targets, device, *, amp: bool, steps: int, warmup: int = 2) -> dict:
     """Seconds per Adam training step (mean over `steps` after `warmup`), and peak GPU memory."""
     model.train()
@@ -53,16 +69,7 @@ def time_training_steps(model, images, targets, device, *, amp: bool, steps: int
     for i in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, enabled=amp):
-            loss = sum(model(images, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss = plain_step(model, images, targets, optimizer, scaler, device, amp=amp)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)

@@ -29,6 +29,7 @@ from colt_core.config import ConfigError
 from colt_core.distributed import DistContext, run_on_main
 from colt_core.partition import non_iid_keep
 from colt_core.runtime import derive_seed, progress_bar
+from colt_core.speed import FULL, Precision
 from colt_core.task import TrainJob
 from colt_core.training import make_loader
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int, *,
-                        amp: bool = False, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
+                        amp: Precision = FULL, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
     """Mean cross-entropy, top-1 and top-5 accuracy (top-5 only with >= 5 classes), per-class counts."""
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
@@ -46,7 +47,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
     for images, labels in progress_bar(loader, progress, desc):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with amp.autocast(device):
             logits = model(images)
         logits = logits.float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
@@ -67,6 +68,7 @@ class ClassificationTask:
     """Image classifiers on CIFAR-10/100, TinyImageNet or ImageNet (or their synthetic twins)."""
 
     collate = None
+    fixed_input_size = True  # fixed crops: cuDNN can autotune on a GPU
 
     def __init__(self, cfg: ClsRunConfig, dist: DistContext | None = None) -> None:
         self.cfg = cfg

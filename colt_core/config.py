@@ -58,7 +58,7 @@ def positive(x: Any) -> str | None:
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
+        return " | ".join(str(a).lower() if isinstance(a, bool) else repr(a) for a in get_args(tp))  # YAML spelling
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(tp))
     if origin in (list, tuple, Sequence):

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 
 log = logging.getLogger(__name__)
 
+DEVICES_ENV = "COLT_DEVICES_PER_NODE"
 TIMEOUT_ENV = "COLT_DIST_TIMEOUT_S"
 WAIT_TIMEOUT_ENV = "COLT_DIST_WAIT_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -67,6 +68,13 @@ class DistContext:
     group: dist.ProcessGroup | None = None
     control: dist.ProcessGroup | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    local_world_size: int = 1  # ranks per node
+    devices: int | None = None  # devices a node's ranks share (None: every rank has one of its own)
+
+    @property
+    def shares_devices(self) -> bool:
+        """Whether some ranks of a node share a device (more ranks than GPUs)."""
+        return self.devices is not None and self.local_world_size > self.devices
 
     @property
     def is_main(self) -> bool:
@@ -114,6 +122,43 @@ def _env_seconds(name: str, default: float) -> float:
     return seconds
 
 
+def device_slot(rank: int, local_world_size: int, devices: int | None) -> tuple[int, int]:
+    """(node, device index) of a global rank: ranks take a node's devices round-robin (local rank mod devices);
+    without a device count every rank has a slot of its own."""
+    node, local = divmod(rank, max(local_world_size, 1))
+    return (node, local if devices is None else local % devices)
+
+
+def one_rank_per_device(ranks: Sequence[int], local_world_size: int, devices: int | None) -> list[int]:
+    """The first rank of `ranks` on each device, in order: the ranks that may train data-parallel together
+    (NCCL allows one rank per GPU in a group)."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for rank in ranks:
+        slot = device_slot(rank, local_world_size, devices)
+        if slot not in seen:
+            seen.add(slot)
+            out.append(rank)
+    return out
+
+
+def _devices_per_node(cuda: bool) -> int | None:
+    """The devices a node's ranks share: `COLT_DEVICES_PER_NODE` when set (at most the visible GPUs), else the
+    visible GPUs; on the CPU, unless set, every rank counts as a device of its own."""
+    value = os.environ.get(DEVICES_ENV)
+    visible = torch.cuda.device_count() if cuda else None
+    if value is None or value == "":
+        return visible
+    try:
+        devices = int(value)
+    except ValueError:
+        devices = 0
+    if devices < 1 or (visible is not None and devices > visible):
+        limit = f" and at most the {visible} visible GPU(s)" if visible is not None else ""
+        raise DistributedError(f"environment variable {DEVICES_ENV}={value!r}: expected an integer >= 1{limit}")
+    return devices
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process is one of several started by torchrun (RANK and WORLD_SIZE > 1 are set)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and _env_int("WORLD_SIZE") > 1
@@ -129,23 +174,27 @@ def init_distributed() -> DistContext | None:
         return None
     rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank
+    local_world_size = _env_int("LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in os.environ else world_size
     timeout_s = _env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
     wait_timeout_s = _env_seconds(WAIT_TIMEOUT_ENV, DEFAULT_WAIT_TIMEOUT_S)
-    if torch.cuda.is_available():
-        if local_rank >= torch.cuda.device_count():
-            raise DistributedError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
-                                   "GPU(s) are visible; start at most one process per GPU "
-                                   "(torchrun --nproc_per_node=<number of GPUs>)")
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "cpu:gloo,cuda:nccl"
+    cuda = torch.cuda.is_available()
+    devices = _devices_per_node(cuda)
+    if cuda:
+        # More ranks than GPUs share them round-robin; only groups of one rank per GPU train together.
+        index = device_slot(local_rank, local_world_size, devices)[1]
+        torch.cuda.set_device(index)
+        device, backend = torch.device("cuda", index), "cpu:gloo,cuda:nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     control = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait_timeout_s))
-    log.debug("rank %d of %d (local rank %d) joined with backend %s", rank, world_size, local_rank, backend)
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
-                       ranks=tuple(range(world_size)), group=None, control=control, timeout_s=timeout_s)
+    ctx = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
+                      ranks=tuple(range(world_size)), group=None, control=control, timeout_s=timeout_s,
+                      local_world_size=local_world_size, devices=devices)
+    log.debug("rank %d of %d (local rank %d) joined with backend %s on %s", rank, world_size, local_rank, backend,
+              device)
+    return ctx
 
 
 def _describe(ctx: DistContext) -> str:
@@ -310,19 +359,36 @@ def partition_ranks(n_partitions: int, world_size: int) -> list[list[int]]:
     return [[r for r in range(world_size) if r * n_partitions // world_size == i] for i in range(n_partitions)]
 
 
+def training_ranks(ranks: Sequence[int], ctx: DistContext) -> list[int]:
+    """The ranks of `ranks` that train a job together: all of them, or where ranks share devices one per
+    device (the others wait)."""
+    return one_rank_per_device(ranks, ctx.local_world_size, ctx.devices) if ctx.shares_devices else list(ranks)
+
+
+def group_context(ctx: DistContext, ranks: Sequence[int]) -> DistContext | None:
+    """This rank's context for a job trained by `ranks` (a process group made for them when they are some
+    of several ranks), or None when this rank is not one of them. Every rank must call this at the same
+    point: process groups are made collectively."""
+    group = None
+    if 1 < len(ranks) < ctx.world_size:
+        group = dist.new_group(list(ranks), timeout=timedelta(seconds=ctx.timeout_s))
+    return replace(ctx, ranks=tuple(ranks), group=group) if ctx.rank in ranks else None
+
+
 def partition_contexts(ctx: DistContext, n_partitions: int) -> list[DistContext | None]:
     """For each partition, this rank's context for training it, or None when other ranks train it.
 
     Creates one process group per partition trained by several ranks; every rank must call this at the
     same point (process groups are made collectively).
     """
-    out: list[DistContext | None] = []
-    for ranks in partition_ranks(n_partitions, ctx.world_size):
-        group = None
-        if 1 < len(ranks) < ctx.world_size:
-            group = dist.new_group(ranks, timeout=timedelta(seconds=ctx.timeout_s))
-        out.append(replace(ctx, ranks=tuple(ranks), group=group) if ctx.rank in ranks else None)
-    return out
+    return [group_context(ctx, training_ranks(ranks, ctx)) for ranks in partition_ranks(n_partitions, ctx.world_size)]
+
+
+def full_data_context(ctx: DistContext) -> DistContext | None:
+    """This rank's context for a full-data training (every rank, or one per device where ranks share
+    devices), or None when it waits for the others. Collective, like `partition_contexts`."""
+    ranks = training_ranks(range(ctx.world_size), ctx)
+    return ctx if len(ranks) == ctx.world_size else group_context(ctx, ranks)
 
 
 # ----- data-parallel training helpers for the front ends -----------------------------------------------

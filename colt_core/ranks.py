@@ -16,6 +16,7 @@ import torch
 from colt_core.distributed import (
     DistContext,
     check_same_across_ranks,
+    full_data_context,
     gather_to_main,
     partition_contexts,
     run_on_main,
@@ -33,11 +34,14 @@ class Ranks:
         self.dist = dist
         self.is_main = dist is None or dist.is_main
         self._contexts: list[DistContext | None] = []
+        self._full = dist
+        self.trains_full = True  # whether this rank takes part in the full-data trainings
 
     @property
     def full(self) -> DistContext | None:
-        """The context of a full-data training: every rank, data-parallel."""
-        return self.dist
+        """The context of a full-data training: every rank data-parallel (one per device where ranks share
+        devices; this rank then waits when `trains_full` is false)."""
+        return self._full
 
     def on_main(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on rank 0; every rank gets its result (or its error)."""
@@ -53,8 +57,14 @@ class Ranks:
             self._contexts = [None] * n_partitions
             return
         self._contexts = partition_contexts(self.dist, n_partitions)
+        self._full = full_data_context(self.dist)
+        self.trains_full = self._full is not None
         mine = [i for i, ctx in enumerate(self._contexts) if ctx is not None]
-        log.info("rank %d of %d trains partition(s) %s of each round", self.dist.rank, self.dist.world_size, mine)
+        if self.dist.shares_devices and self.is_main:
+            log.info("%d ranks per node share %d device(s): partitions train side by side, and a full-data "
+                     "training takes one rank per device", self.dist.local_world_size, self.dist.devices)
+        log.info("rank %d of %d trains partition(s) %s of each round%s", self.dist.rank, self.dist.world_size, mine,
+                 "" if self.trains_full else " and waits during the full-data trainings (its device is shared)")
 
     def spread(self, items: Sequence[int], work: Callable[[int, DistContext | None], T],
                keep: Callable[[int, T], None], what: str) -> None:

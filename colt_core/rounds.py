@@ -39,7 +39,7 @@ from colt_core.runtime import derive_seed, seed_everything
 from colt_core.settings import PruneConfig, SplitConfig
 from colt_core.sparsity import overall_sparsity, sparsity_report
 from colt_core.store import RunStore, State
-from colt_core.task import Task, TrainJob
+from colt_core.task import Task, TrainJob, TrainOutput
 from colt_core.ticket import Ticket
 from colt_core.training import Trainer
 from colt_core.weights import rewind, snapshot
@@ -239,11 +239,19 @@ class RoundLoop:
             if self.ranks.is_main:
                 model.load_state_dict(trained)
             return self._score(job, model, t0, reused=self.store.reused_training(r))
+        out = self._train_full(job, model)
+        if out is not None and self.ranks.is_main:
+            self.store.save_trained(job.files, out.state_dict, out.rewind_state)
+        return self._score(job, model, t0, training=out.record if out else None)
+
+    def _train_full(self, job: TrainJob, model: nn.Module) -> TrainOutput | None:
+        """A full-data training on the ranks that take part in it (all, or one per shared device; the others
+        get None and wait); `model` ends with the selected weights."""
+        if not self.ranks.trains_full:
+            return None
         out = self.trainer.train(job)
         model.load_state_dict(out.state_dict)
-        if self.ranks.is_main:
-            self.store.save_trained(job.files, out.state_dict, out.rewind_state)
-        return self._score(job, model, t0, training=out.record)
+        return out
 
     def _control(self, r: int, name: str, start: State, mask: Mask) -> Evaluation:
         """Train and evaluate control `name` of round `r`'s ticket (`mask` from `start`) like the ticket itself."""
@@ -261,11 +269,10 @@ class RoundLoop:
         job = self._job(r, None, None, model, control.mask, derive_seed(self.seed, "ticket", r), self.ranks.full,
                         control=name)
         t0 = time.perf_counter()
-        out = self.trainer.train(job)
-        model.load_state_dict(out.state_dict)
-        if self.ranks.is_main:
+        out = self._train_full(job, model)
+        if out is not None and self.ranks.is_main:
             self.store.save_trained(files, out.state_dict)
-        return self._score(job, model, t0, training=out.record)
+        return self._score(job, model, t0, training=out.record if out else None)
 
     def _score(self, job: TrainJob, model: nn.Module, t0: float, *, training: TrainingRecord | None = None,
                reused: str | None = None) -> Evaluation:

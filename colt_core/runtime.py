@@ -48,13 +48,6 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def use_amp(device: torch.device, amp: bool | str = "auto") -> bool:
-    """Mixed precision on CUDA by default, never on the CPU."""
-    if amp == "auto":
-        return device.type == "cuda"
-    return bool(amp) and device.type == "cuda"
-
-
 def progress_bar(iterable: Iterable[T], enabled: bool, desc: str) -> Iterable[T]:
     """A tqdm bar over `iterable` on a terminal when `enabled`; the iterable itself otherwise (logs, CI)."""
     if not (enabled and sys.stderr.isatty()):

@@ -25,7 +25,20 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig, help="learning-rate schedule")
     grad_clip: float | None = field(None, help="clip the gradient norm to this (null: no clipping)", check=positive)
     device: str = field("auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    amp: Literal["auto", True, False] = field("auto", help="mixed precision: auto = on with CUDA, never on the CPU")
+    amp: Literal["auto", "bf16", "fp16", "off", True, False] = field(
+        "auto", help="mixed precision: auto = bfloat16 on GPUs that have it, float16 with a loss scaler on other "
+                     "GPUs, off on the CPU; bf16 (GPU or CPU), fp16 (GPU), off (YAML's off is false)")
+    channels_last: Literal["auto", True, False] = field(
+        "auto", help="channels-last memory format for the model's convolutions: auto = on with CUDA")
+    cudnn_benchmark: Literal["auto", True, False] = field(
+        "auto", help="cuDNN autotuning: auto = on with CUDA when every batch has one input size (stretch resizing, "
+                     "a classifier's crops)")
+    tf32: bool = field(True, help="TF32 matmuls and convolutions on GPUs that have them (Ampere and later)")
+    persistent_workers: Literal["auto", True, False] = field(
+        "auto", help="keep data-loader workers between epochs (data.num_workers > 0): auto = on with CUDA; off on "
+                     "the CPU, where a resumed run then draws the same augmentation as an uninterrupted one")
+    prefetch_factor: int = field(4, help="batches each data-loader worker loads ahead (data.num_workers > 0)",
+                                 check=at_least(1))
     cpu_threads: int | None = field(None, help="torch CPU threads (null: torch's default); small models on a "
                                                "shared CPU often run fastest on 1", check=at_least(1))
     progress: bool = field(True, help="progress bars (on a terminal only)")

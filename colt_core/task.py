@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from colt_core.distributed import DistContext
 from colt_core.masks import Mask
 from colt_core.rundir import TrainingDir, TrainingRecord
+from colt_core.speed import FULL, Precision
 
 
 @dataclass
@@ -37,7 +38,7 @@ class TrainJob:
     data_seed: int = 0
     dist: DistContext | None = None  # the ranks that train this job together; None: this process alone
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False  # mixed precision on `device`
+    amp: Precision = FULL  # mixed precision on `device` (its `autocast(device)` for the task's evaluation)
     label: str | None = None  # what a full-data training is when it is not the ticket's (e.g. a control)
 
     @property
@@ -59,7 +60,11 @@ Batch = Any  # whatever the task's collate function makes of a list of samples: 
 
 
 class Task(Protocol):
-    """A front end: its data, its models, its loss and its evaluation. Nothing of training."""
+    """A front end: its data, its models, its loss and its evaluation. Nothing of training.
+
+    A task may also say `fixed_input_size = True` when every batch has one input size (fixed crops, stretched
+    images): the engine then lets cuDNN autotune its convolutions on a GPU (`train.cudnn_benchmark: auto`).
+    """
 
     class_names: Sequence[str]
     output_layers: Sequence[str]  # never pruned; rebuilt per label set

@@ -37,8 +37,9 @@ from colt_core.io import atomic_write_json
 from colt_core.masks import MaskKeeper
 from colt_core.optim import build_lr_scheduler, build_optimizer
 from colt_core.rundir import TrainingRecord
-from colt_core.runtime import derive_seed, pick_device, progress_bar, use_amp
+from colt_core.runtime import derive_seed, pick_device, progress_bar
 from colt_core.settings import TrainConfig
+from colt_core.speed import FULL, Precision, Speed
 from colt_core.task import Batch, Task, TrainJob, TrainOutput
 from colt_core.weights import snapshot
 
@@ -105,13 +106,16 @@ def total_loss(terms: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[st
 
 def make_loader(dataset: Dataset, *, batch_size: int, collate: Callable | None, num_workers: int,
                 device: torch.device, generator: torch.Generator | None = None, sampler: Any = None,
-                drop_single: bool = False) -> DataLoader:
+                drop_single: bool = False, speed: Speed | None = None) -> DataLoader:
     """A DataLoader as every training and evaluation uses it: shuffled by `generator` (or `sampler`) when
-    given; `drop_single` drops a last batch of one sample, which BatchNorm cannot normalise."""
+    given; `drop_single` drops a last batch of one sample, which BatchNorm cannot normalise. Pinned memory
+    on CUDA (the batches then copy without blocking); `speed` keeps workers alive and prefetching."""
     per_rank = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
+    workers = {} if speed is None or num_workers == 0 else {"persistent_workers": speed.persistent_workers,
+                                                             "prefetch_factor": speed.prefetch_factor}
     return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
                       sampler=sampler, collate_fn=collate, drop_last=drop_single and per_rank % batch_size == 1,
-                      num_workers=num_workers, pin_memory=device.type == "cuda")
+                      num_workers=num_workers, pin_memory=device.type == "cuda", **workers)
 
 
 def _rng_devices(device: torch.device) -> list[int]:
@@ -123,7 +127,8 @@ def _rng_devices(device: torch.device) -> list[int]:
 # ----- one epoch, one validation -----------------------------------------------------------------------
 def train_one_epoch(net: nn.Module, task: Task, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler, keeper: MaskKeeper,
-                    amp: bool = False, scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
+                    precision: Precision = FULL, scaler: torch.amp.GradScaler | None = None,
+                    grad_clip: float | None = None,
                     after_step: Callable[[dict[str, float]], None] | None = None, progress: bool = False,
                     desc: str = "train") -> dict[str, float]:
     """One pass over `loader` under a mask; the mean of the loss and of every logged term, per sample.
@@ -135,7 +140,7 @@ def train_one_epoch(net: nn.Module, task: Task, loader: DataLoader, optimizer: t
     seen = steps = 0
     for batch in progress_bar(loader, progress, desc):
         batch = to_device(batch, device)
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with precision.autocast(device):
             loss, values = total_loss(task.loss(net, batch))
         if not math.isfinite(values["loss"]):
             terms = {k: round(v, 4) for k, v in values.items()}
@@ -171,8 +176,8 @@ def train_one_epoch(net: nn.Module, task: Task, loader: DataLoader, optimizer: t
 
 
 @torch.no_grad()
-def validate(model: nn.Module, task: Task, loader: DataLoader, *, device: torch.device, amp: bool = False,
-             seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
+def validate(model: nn.Module, task: Task, loader: DataLoader, *, device: torch.device,
+             precision: Precision = FULL, seed: int = 0, dist: DistContext | None = None) -> dict[str, float]:
     """Mean loss ("loss") and logged terms per sample over a validation set, the same on every rank.
 
     The model is in eval mode under no_grad; anything random in the loss (a detector's RPN and RoI
@@ -188,7 +193,7 @@ def validate(model: nn.Module, task: Task, loader: DataLoader, *, device: torch.
             torch.manual_seed(seed)
             for batch in loader:
                 batch = to_device(batch, device)
-                with torch.autocast(device_type=device.type, enabled=amp):
+                with precision.autocast(device):
                     _, values = total_loss(task.loss(model, batch))
                 n = batch_size(batch)
                 for key, value in values.items():
@@ -224,14 +229,23 @@ class Trainer:
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.tensorboard = tensorboard
         self.device = pick_device(cfg.device)
-        self.amp = use_amp(self.device, cfg.amp)
+        self.speed = Speed.resolve(cfg, self.device, fixed_input_size=getattr(task, "fixed_input_size", False),
+                                   num_workers=num_workers)
+        self.speed.apply_backends()
+        (log.info if self.device.type == "cuda" else log.debug)("training on %s: %s", self.device,
+                                                                 self.speed.describe())
         if cfg.cpu_threads is not None:
             torch.set_num_threads(cfg.cpu_threads)
+
+    @property
+    def amp(self) -> Precision:
+        """The mixed precision of training and of the task's evaluations."""
+        return self.speed.precision
 
     def loader(self, dataset: Dataset, *, batch_size: int | None = None) -> DataLoader:
         """An evaluation loader (in order, nothing dropped) for a task's test set."""
         return make_loader(dataset, batch_size=batch_size or self.eval_batch_size, collate=self.task.collate,
-                           num_workers=self.num_workers, device=self.device)
+                           num_workers=self.num_workers, device=self.device, speed=self.speed)
 
     def _datasets(self, job: TrainJob) -> tuple[Dataset, Dataset]:
         train, val = self.task.datasets(job.class_ids, job)
@@ -261,10 +275,10 @@ class Trainer:
         shuffling = torch.Generator() if sampler is None else None
         train_loader = make_loader(train_ds, batch_size=cfg.batch_size, collate=task.collate,
                                    num_workers=self.num_workers, device=device, generator=shuffling,
-                                   sampler=sampler, drop_single=True)
+                                   sampler=sampler, drop_single=True, speed=self.speed)
         val_loader = self.loader(shard_for_evaluation(val_ds, ctx))
         iterations = len(train_loader)
-        model = job.model.to(device)
+        model = self.speed.prepare(job.model.to(device))
         optimizer = build_optimizer(model, cfg.optimizer)
         try:
             scheduler = build_lr_scheduler(optimizer, cfg.schedule, epochs=cfg.epochs, iters_per_epoch=iterations)
@@ -273,7 +287,7 @@ class Trainer:
         late = LateRewind(model, scheduler, job.rewind_iteration, total_steps=cfg.epochs * iterations, tag=job.tag)
         keeper = MaskKeeper(model, job.mask, optimizer)  # masks name the parameters of the unwrapped model
         net = wrap_ddp(model, ctx)
-        scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        scaler = self.amp.scaler(device)
         writer = self._writer(job.tag) if writes else None
 
         def after_step(values: dict[str, float]) -> None:
@@ -287,12 +301,12 @@ class Trainer:
         def train_epoch(epoch: int) -> dict[str, float]:
             set_sampler_epoch(train_loader, epoch)
             return train_one_epoch(net, task, train_loader, optimizer, device=device, scheduler=scheduler,
-                                   keeper=keeper, amp=self.amp, scaler=scaler, grad_clip=cfg.grad_clip,
+                                   keeper=keeper, precision=self.amp, scaler=scaler, grad_clip=cfg.grad_clip,
                                    after_step=after_step, progress=cfg.progress,
                                    desc=f"{job.tag} epoch {epoch + 1}/{cfg.epochs}")
 
         def val_loss() -> dict[str, float]:
-            return validate(model, task, val_loader, device=device, amp=self.amp,
+            return validate(model, task, val_loader, device=device, precision=self.amp,
                             seed=derive_seed(job.seed, "val"), dist=ctx)
 
         def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from colt_core.controls import make_control
-from colt_core.distributed import DistContext, run_on_main
+from colt_core.distributed import DistContext, full_data_context, run_on_main
 from colt_core.io import atomic_save, atomic_write_json
 from colt_core.rundir import Evaluation, RunDir, read_evaluation, write_config
 from colt_core.runtime import derive_seed, seed_everything
@@ -54,7 +54,7 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
         raise TicketError(f"{ticket_path}: a {found or 'untagged'} ticket ({name}) cannot be trained by the "
                           f"{expected} front end; pass a ticket found with the same tool")
     check_ticket_fits(ticket, model, task.output_layers, source=str(ticket_path))
-    mask, start = ticket.mask, ticket.init
+    mask, weights = ticket.mask, ticket.init
     if control is not None:
         def draw_init() -> dict[str, torch.Tensor]:
             seed_everything(derive_seed(seed, "init", "control"))
@@ -62,16 +62,18 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
 
         made = make_control(control, ticket.mask, ticket.init, seed=derive_seed(seed, "control", control),
                             draw_init=draw_init)
-        mask, start = made.mask, made.start
+        mask, weights = made.mask, made.start
         seed_everything(derive_seed(seed, "head", "ticket"))
         model = task.build_model(len(task.class_names))
-    rewind(model, start, mask, task.output_layers, keep_output=True)
+    rewind(model, weights, mask, task.output_layers, keep_output=True)
+    ctx = full_data_context(dist) if dist is not None else None  # where ranks share devices, one per device
     job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask=mask,
                    seed=derive_seed(seed, "ticket", "transfer"), files=files, data_seed=derive_seed(seed, "data"),
-                   dist=dist, device=trainer.device, amp=trainer.amp, label=control)
+                   dist=ctx, device=trainer.device, amp=trainer.amp, label=control)
     start = time.perf_counter()
-    out = trainer.train(job)
-    model.load_state_dict(out.state_dict)
+    out = trainer.train(job) if dist is None or ctx is not None else None
+    if out is not None:
+        model.load_state_dict(out.state_dict)
 
     def evaluate_and_write() -> Evaluation:
         evaluation = Evaluation.from_task(task.evaluate(model.to(job.device), job))
@@ -81,6 +83,7 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
                                         "prune_rate": sparsity["prune_rate"]["rate"], "control": control}
         if control == "random_prune":
             atomic_save(dict(mask), files.mask)
+        assert out is not None  # rank 0 always trains
         evaluation.training, evaluation.wall_time_s = out.record, time.perf_counter() - start
         atomic_save(out.state_dict, files.model)
         atomic_write_json(evaluation.to_dict(), files.metrics)

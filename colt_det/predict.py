@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from colt_core.runtime import progress_bar
+from colt_core.speed import FULL, Precision
 from colt_core.training import make_loader
 from colt_det.data import DetectionDataset, ImageRecord, collate_detection
 from colt_det.transforms import build_transforms
@@ -61,7 +62,7 @@ def predict(
     data_loader: Iterable,
     device: torch.device | str,
     *,
-    amp: bool = False,
+    amp: Precision = FULL,
     progress: bool = True,
 ) -> list[tuple[int | str, dict[str, torch.Tensor]]]:
     """Detections for every image in loader order: ``[(image_id, {"boxes", "labels", "scores"}), ...]``.
@@ -75,7 +76,7 @@ def predict(
     model.eval()
     results: list[tuple[int | str, dict[str, torch.Tensor]]] = []
     try:
-        with torch.no_grad(), torch.autocast("cuda", enabled=amp and device.type == "cuda"):
+        with torch.no_grad(), amp.autocast(device):
             for images, targets in progress_bar(data_loader, progress, "predict"):
                 outputs = model([img.to(device, non_blocking=True) for img in images])
                 for image, target, output in zip(images, targets, outputs):
@@ -95,7 +96,8 @@ def predict(
     return results
 
 
-def detect(model: nn.Module, records: list[ImageRecord], *, size: int | None, device: torch.device, amp: bool = False,
+def detect(model: nn.Module, records: list[ImageRecord], *, size: int | None, device: torch.device,
+           amp: Precision = FULL,
            batch_size: int = 4, num_workers: int = 0, progress: bool = True,
            classes: Sequence[str] = VOC_CLASSES) -> dict[str, list[Detection]]:
     """Run a detector of `classes` (+ background) over image records; detections per class in VOC file coordinates.

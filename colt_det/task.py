@@ -99,6 +99,7 @@ class DetectionTask:
                                                                keep_difficult=data.keep_difficult,
                                                                num_classes=len(self.class_names))
         aug = cfg.augment
+        self.fixed_input_size = aug.input_size is not None  # stretched to size²: cuDNN can autotune on a GPU
         self.train_transform = build_transforms(True, aug.input_size, hflip_p=aug.hflip, jitter=aug.jitter)
         self.eval_transform = build_transforms(False, aug.input_size)
         # The family names its outputs; a built model turns them (and the prune groups) into its own layers.

@@ -44,7 +44,8 @@ def _run_dir_of(checkpoint: Path) -> RunDir:
 def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: list, device: str) -> dict:
     import torch
 
-    from colt_core.runtime import pick_device, use_amp
+    from colt_core.runtime import pick_device
+    from colt_core.speed import resolve_precision
     from colt_det.config import DetRunConfig
     from colt_det.export import build_detector
     from colt_det.predict import detect
@@ -66,8 +67,8 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
                               "partition models have fewer outputs: use a round's eval/model.pt") from None
     dev = pick_device(device)
     with torch.no_grad():
-        return detect(model, records, size=cfg.augment.input_size, device=dev, amp=use_amp(dev, cfg.train.amp),
-                      batch_size=cfg.eval.batch_size)
+        return detect(model, records, size=cfg.augment.input_size, device=dev,
+                      amp=resolve_precision(dev, cfg.train.amp), batch_size=cfg.eval.batch_size)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -173,6 +173,24 @@ def test_two_ranks_find_the_same_ticket_as_one_process(tmp_path, single_process_
     assert not list((tmp_path / "run").rglob("train_state.pt"))
 
 
+def test_two_ranks_sharing_one_device_find_the_same_ticket_and_scores_as_one_process(tmp_path, single_process_colt2):
+    """K = 2 ranks on G = 1 device: the partitions train side by side, the full-data trainings on rank 0 alone
+    (never two training ranks on one device), so masks, models and scores are the single process's."""
+    code, output = _launch(tmp_path / "run", env={"COLT_DEVICES_PER_NODE": "1"})
+    assert code == 0, output
+    assert "2 ranks per node share 1 device(s)" in output
+    assert "waits during the full-data trainings (its device is shared)" in output
+    _assert_same_masks(single_process_colt2, tmp_path / "run")
+    for model in sorted(single_process_colt2.glob("round_*/*/model.pt")):  # partitions and evaluations alike
+        a = torch.load(model, weights_only=True)
+        b = torch.load(tmp_path / "run" / model.relative_to(single_process_colt2), weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), model
+    ours, theirs = read_json(tmp_path / "run" / "summary.json"), read_json(single_process_colt2 / "summary.json")
+    assert [r["eval"]["value"] for r in ours["rounds"]] == [r["eval"]["value"] for r in theirs["rounds"]]
+    bad = _launch(tmp_path / "bad", env={"COLT_DEVICES_PER_NODE": "none"})
+    assert bad[0] != 0 and "COLT_DEVICES_PER_NODE='none': expected an integer >= 1" in bad[1]
+
+
 def test_fewer_ranks_than_partitions_take_partitions_in_turn(tmp_path):
     code, output = _launch(tmp_path / "single", "--partitions", "3", ranks=None)
     assert code == 0, output

@@ -23,6 +23,7 @@ from colt_core.masks import MaskKeeper
 from colt_core.rounds import RoundLoop
 from colt_core.rundir import TrainingRecord, prepare_run_dir
 from colt_core.sparsity import sparsity_report
+from colt_core.speed import FULL
 from colt_core.task import TrainJob, TrainOutput
 from colt_core.ticket import load_ticket, save_ticket
 from colt_core.weights import snapshot
@@ -121,7 +122,7 @@ class FakeDetectionTask:
 class PerturbingTrainer:
     """Stands in for the engine's trainer: "training" is a seeded weight perturbation under the mask."""
 
-    device, amp = torch.device("cpu"), False
+    device, amp = torch.device("cpu"), FULL
 
     def train(self, job: TrainJob) -> TrainOutput:
         gen = torch.Generator().manual_seed(job.seed % 2**31)
