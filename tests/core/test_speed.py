@@ -104,6 +104,30 @@ def test_the_cpu_defaults_turn_nothing_on():
     assert loader.persistent_workers and loader.prefetch_factor == 4
 
 
+@pytest.mark.parametrize("has_bf16", [True, False], ids=["bf16-gpu", "fp16-only-gpu"])
+def test_the_gpu_defaults_turn_on_what_a_torchvision_user_would(monkeypatch, has_bf16):
+    """On CUDA (simulated: only the bf16 capability query is answered here) auto picks bf16 or fp16 with a
+    scaler, channels-last, TF32, persistent workers, and cuDNN autotuning for fixed input sizes only."""
+    monkeypatch.setattr("colt_core.speed.bf16_supported", lambda device: has_bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU without bf16")
+    gpu = torch.device("cuda", 0)
+    fixed = Speed.resolve(TrainConfig(), gpu, fixed_input_size=True, num_workers=4)
+    assert fixed.precision.dtype == (torch.bfloat16 if has_bf16 else torch.float16)
+    assert fixed.precision.needs_scaler is not has_bf16
+    assert fixed.channels_last and fixed.cudnn_benchmark and fixed.tf32 and fixed.persistent_workers
+    assert not Speed.resolve(TrainConfig(), gpu, fixed_input_size=False, num_workers=4).cudnn_benchmark
+    assert not Speed.resolve(TrainConfig(), gpu, fixed_input_size=True, num_workers=0).persistent_workers
+    off = Speed.resolve(TrainConfig(amp="off", channels_last=False, cudnn_benchmark=False, tf32=False,
+                                    persistent_workers=False), gpu, fixed_input_size=True, num_workers=4)
+    assert off == Speed(precision=FULL, prefetch_factor=4)
+    assert resolve_precision(gpu, "fp16").needs_scaler
+    if has_bf16:
+        assert resolve_precision(gpu, "bf16").dtype == torch.bfloat16
+    else:
+        with pytest.raises(ConfigError, match=r"train\.amp: bf16 is not supported by a GPU without bf16; use fp16"):
+            resolve_precision(gpu, "bf16")
+
+
 SETTINGS = [{}, {"amp": "bf16"}, {"channels_last": True}, {"amp": "bf16", "channels_last": True},
             {"cudnn_benchmark": True, "tf32": True}]
 
