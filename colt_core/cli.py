@@ -129,6 +129,22 @@ def given_ticket(cfg: RunConfig) -> Ticket | None:
     return load_ticket(cfg.ticket)
 
 
+def load_run(cls: type[C], cfg_name: str, overrides: Sequence[str], out: str | None, configs_dir: Path, *,
+             ticket: str | None = None, control: str | None = None) -> tuple[C, Ticket | None]:
+    """A tool's checked config (see `load_run_config`) and the ticket it asks to train (None: find one)."""
+    cfg = load_run_config(cls, cfg_name, overrides, out, configs_dir, ticket=ticket, control=control)
+    return cfg, given_ticket(cfg)
+
+
+def run_seeds(cfg: C, seeds: Sequence[int] | None, dist: DistContext | None, run: Callable[[C], None]) -> None:
+    """`run` on the config of each seed `--seeds` asks for (on `cfg` itself without it), then, on rank 0,
+    where the seeds' runs are."""
+    for one in seed_configs(cfg, seeds):
+        run(one)
+    if seeds and (dist is None or dist.is_main):
+        click.echo(seeds_line(cfg, seeds))
+
+
 def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, dist: DistContext | None) -> RunDir:
     """The run directory of `cfg`, created or reopened by rank 0 (see `prepare_run_dir`); a stored config
     is completed with today's defaults before it is compared."""

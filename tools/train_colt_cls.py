@@ -41,13 +41,10 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
     with distributed_session() as dist:
         cli.configure_logging(verbose, dist)
         with cli.user_errors():
-            base = cli.load_run_config(ClsRunConfig, cfg_name, overrides, out, ROOT / "configs", ticket=ticket_path,
-                                       control=control)
-            ticket = cli.given_ticket(base)
-        for cfg in cli.seed_configs(base, seeds):
-            run_one(cfg, ticket, resume=resume, overwrite=overwrite, dist=dist)
-        if seeds and (dist is None or dist.is_main):
-            click.echo(cli.seeds_line(base, seeds))
+            base, ticket = cli.load_run(ClsRunConfig, cfg_name, overrides, out, ROOT / "configs",
+                                        ticket=ticket_path, control=control)
+        cli.run_seeds(base, seeds, dist,
+                      lambda cfg: run_one(cfg, ticket, resume=resume, overwrite=overwrite, dist=dist))
 
 
 def run_one(cfg: ClsRunConfig, ticket: Ticket | None, *, resume: bool, overwrite: bool,

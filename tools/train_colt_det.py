@@ -51,9 +51,8 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
     with distributed_session() as dist:
         cli.configure_logging(verbose, dist)
         with cli.user_errors():
-            base = cli.load_run_config(DetRunConfig, cfg_name, overrides, out, ROOT / "configs", ticket=ticket_path,
-                                       control=control)
-            ticket = cli.given_ticket(base)
+            base, ticket = cli.load_run(DetRunConfig, cfg_name, overrides, out, ROOT / "configs",
+                                        ticket=ticket_path, control=control)
             data = base.data
             if data.synthetic is None and data.format == "voc":  # a missing dataset is named before any weights
                 check_voc_sets(data.root, data.train_sets)
@@ -64,10 +63,8 @@ def main(cfg_name: str, overrides: tuple[str, ...], out: str | None, resume: boo
             # Before any work: weights that cannot be had stop the run here, with nothing written.
             weights = resolve_pretrained(base.model, dist=dist)
             base.model.pretrained_sha256 = weights.sha256 if weights else None  # recorded: --resume refuses others
-        for cfg in cli.seed_configs(base, seeds):
-            run_one(cfg, ticket, weights, resume=resume, overwrite=overwrite, dist=dist)
-        if seeds and (dist is None or dist.is_main):
-            click.echo(cli.seeds_line(base, seeds))
+        cli.run_seeds(base, seeds, dist,
+                      lambda cfg: run_one(cfg, ticket, weights, resume=resume, overwrite=overwrite, dist=dist))
 
 
 def run_one(cfg: DetRunConfig, ticket: Ticket | None, weights: PretrainedWeights | None, *, resume: bool,
