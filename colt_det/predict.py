@@ -97,8 +97,7 @@ def predict(
 
 
 def detect(model: nn.Module, records: list[ImageRecord], *, size: int | None, device: torch.device,
-           amp: Precision = FULL,
-           batch_size: int = 4, num_workers: int = 0, progress: bool = True,
+           amp: Precision = FULL, batch_size: int = 4, num_workers: int = 0, progress: bool = True,
            classes: Sequence[str] = VOC_CLASSES) -> dict[str, list[Detection]]:
     """Run a detector of `classes` (+ background) over image records; detections per class in VOC file coordinates.
 
