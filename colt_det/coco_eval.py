@@ -105,25 +105,19 @@ def evaluate_coco(
     if not results:
         # pycocotools cannot load an empty result list; with no detections every AP is 0.
         zero = {name: (0.0 if has_gt[c] else math.nan) for c, name in enumerate(classes)}
-        return {
-            "metric": "coco",
-            "mAP": mean_ap(zero),
-            "AP50": mean_ap(zero),
-            "AP75": mean_ap(zero),
-            "per_class": zero,
-        }
+        return _headline(zero, zero, zero)
 
     ground_truth = build_coco_ground_truth(records, classes)
     with _quiet():
         detections = ground_truth.loadRes(results)
-    per_class, per_class_ap50, per_class_ap75 = _per_category_ap(ground_truth, detections, classes)
-    return {
-        "metric": "coco",
-        "mAP": mean_ap(per_class),
-        "AP50": mean_ap(per_class_ap50),
-        "AP75": mean_ap(per_class_ap75),
-        "per_class": per_class,
-    }
+    return _headline(*_per_category_ap(ground_truth, detections, classes))
+
+
+def _headline(per_class: dict[str, float], per_class_ap50: dict[str, float],
+              per_class_ap75: dict[str, float]) -> dict[str, Any]:
+    """The means over categories of AP@[.5:.95], AP50 and AP75 (NaN left out), and AP@[.5:.95] per category."""
+    return {"metric": "coco", "mAP": mean_ap(per_class), "AP50": mean_ap(per_class_ap50),
+            "AP75": mean_ap(per_class_ap75), "per_class": per_class}
 
 
 @contextlib.contextmanager
@@ -233,14 +227,7 @@ def evaluate_coco_results(
             predicted.createIndex()
     per_class, per_class_ap50, per_class_ap75 = _per_category_ap(
         ground_truth, predicted, file_categories.names, evaluated if image_ids is not None else None)
-    return {
-        "metric": "coco",
-        "mAP": mean_ap(per_class),
-        "AP50": mean_ap(per_class_ap50),
-        "AP75": mean_ap(per_class_ap75),
-        "per_class": per_class,
-        "per_class_AP50": per_class_ap50,
-    }
+    return {**_headline(per_class, per_class_ap50, per_class_ap75), "per_class_AP50": per_class_ap50}
 
 
 def _results_name(results: list[dict] | str | Path) -> str:

@@ -377,19 +377,24 @@ def make_synthetic_voc(
     return devkit
 
 
+def _ensure(folder: Path, marker: str, wanted: SyntheticVOCParams, make: Callable[[], Path]) -> Path:
+    """`folder` when its marker says it was made with `wanted`; otherwise `make()` it. A generation that
+    fails because another process renamed its identical tree into place first counts as done."""
+    if _read_marker(folder, marker) == wanted.as_marker():
+        return folder
+    try:
+        return make()
+    except OSError:
+        if _read_marker(folder, marker) == wanted.as_marker():
+            return folder
+        raise
+
+
 def ensure_synthetic_voc(out_root: str | Path, **params: Any) -> Path:
     """The synthetic VOCdevkit under `out_root`, generated only when missing or made with other parameters."""
     wanted = _params(**params)
-    devkit = Path(out_root) / "VOCdevkit"
-    if _read_marker(devkit) == wanted.as_marker():
-        return devkit
-    try:
-        return make_synthetic_voc(out_root, **asdict(wanted))
-    except OSError:
-        # Another process may have renamed its identical tree into place first.
-        if _read_marker(devkit) == wanted.as_marker():
-            return devkit
-        raise
+    return _ensure(Path(out_root) / "VOCdevkit", MARKER_NAME, wanted,
+                   lambda: make_synthetic_voc(out_root, **asdict(wanted)))
 
 
 def make_synthetic_coco(out_root: str | Path, **params: Any) -> Path:
@@ -417,12 +422,4 @@ def ensure_synthetic_coco(out_root: str | Path, **params: Any) -> Path:
     """The synthetic COCO at `out_root`, generated only when missing or made with other parameters."""
     wanted = _params(**params)
     root = Path(out_root)
-    if _read_marker(root, COCO_MARKER_NAME) == wanted.as_marker():
-        return root
-    try:
-        return make_synthetic_coco(root, **asdict(wanted))
-    except OSError:
-        # Another process may have renamed its identical tree into place first.
-        if _read_marker(root, COCO_MARKER_NAME) == wanted.as_marker():
-            return root
-        raise
+    return _ensure(root, COCO_MARKER_NAME, wanted, lambda: make_synthetic_coco(root, **asdict(wanted)))
