@@ -140,13 +140,16 @@ class RoundLoop:
         seed_everything(derive_seed(self.seed, "init", *key))
         return snapshot(self.task.build_model(self.num_classes))
 
-    def _prune_groups(self) -> tuple[list[PruneGroup], int]:
+    def _prune_groups(self) -> tuple[list[PruneGroup], int, Mask]:
+        """The prune groups of the task's model, its parameter count, and the all-surviving mask over the
+        groups (one model built for all three)."""
         seed_everything(0)
         model = self.task.build_model(self.num_classes)
         specs = {k: _spec_dict(v) for k, v in (self.prune.groups or self.task.default_prune_groups).items()}
         groups = resolve_prune_groups(model, specs, self.prune.rates, self.output_layers,
                                       include_frozen=self.prune.prune_frozen)
-        return groups, sum(p.numel() for p in model.parameters())
+        mask = ones_mask(model, [n for g in groups for n in g.params])
+        return groups, sum(p.numel() for p in model.parameters()), mask
 
     def _build(self, num_outputs: int, head_key: Any, start: Mapping[str, torch.Tensor], mask: Mask,
                keep_output: bool) -> nn.Module:
@@ -318,9 +321,7 @@ class RoundLoop:
         class_groups = self.ranks.on_main(self.store.class_groups, self._split, class_names)
         init = self.ranks.on_main(self.store.init_weights, self._draw_init)
         start = init  # where every training rewinds to: θ0, or once round 0 has run, the late-rewinding point
-        groups, total_params = self._prune_groups()
-        seed_everything(0)
-        mask = ones_mask(self.task.build_model(self.num_classes), [n for g in groups for n in g.params])
+        groups, total_params, mask = self._prune_groups()
         n = len(class_groups)
         self.ranks.assign(n)
         summary = RunSummary(self.prune.method, self.prune.n_partitions)
