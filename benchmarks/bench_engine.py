@@ -23,8 +23,8 @@ from torch.nn.utils import prune as torch_prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
-from colt_core.masks import MaskKeeper, ones_mask
-from colt_core.pruning import magnitude_prune, resolve_prune_groups
+from colt_core.prune.magnitude import magnitude_prune, resolve_prune_groups
+from colt_core.prune.masks import MaskKeeper, ones_mask
 
 
 class SmallCNN(nn.Module):

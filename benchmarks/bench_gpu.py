@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from det_model_check import plain_step, synthetic_batch  # noqa: E402
 
 from colt_core.config import load_config  # noqa: E402
-from colt_core.masks import MaskKeeper  # noqa: E402
-from colt_core.optim import OptimizerConfig, ScheduleConfig, build_lr_scheduler, build_optimizer  # noqa: E402
-from colt_core.settings import TrainConfig  # noqa: E402
-from colt_core.speed import Speed  # noqa: E402
-from colt_core.training import train_one_epoch  # noqa: E402
+from colt_core.prune.masks import MaskKeeper  # noqa: E402
+from colt_core.settings import OptimizerConfig, ScheduleConfig, TrainConfig  # noqa: E402
+from colt_core.train.optim import build_lr_scheduler, build_optimizer  # noqa: E402
+from colt_core.train.speed import Speed  # noqa: E402
+from colt_core.train.trainer import train_one_epoch  # noqa: E402
 from colt_det.config import DetRunConfig  # noqa: E402
 from colt_det.model import build_vgg16_faster_rcnn  # noqa: E402
 from colt_det.predict import predict  # noqa: E402

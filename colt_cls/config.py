@@ -13,9 +13,8 @@ from typing import Any, Literal
 from colt_cls.models import list_models
 from colt_cls.synthetic import write_synthetic_imagenet, write_synthetic_tiny_imagenet
 from colt_core.config import at_least, closed_interval, field, positive
-from colt_core.optim import OptimizerConfig, ScheduleConfig
 from colt_core.settings import DataConfig as BaseDataConfig
-from colt_core.settings import EvalConfig, RunConfig, TrainConfig, check_partitions
+from colt_core.settings import EvalConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig, check_partitions
 
 DatasetName = Literal["cifar10", "cifar100", "tinyimagenet", "imagenet"]
 CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}

@@ -362,7 +362,7 @@ def create_model_from_description(description: dict[str, Any], **overrides: Any)
 
 
 def prune_group_rules(model: nn.Module) -> dict[str, Any]:
-    """The prune groups of `model` as data for `colt_core.pruning.resolve_prune_groups`.
+    """The prune groups of `model` as data for `colt_core.prune.magnitude.resolve_prune_groups`.
 
     "groups": {"conv": conv weights (conv rate), "fc": hidden linear weights (FC rate)}, each a spec whose
     `types` lists the exact module class names the engine matches: nn.Conv2d / nn.Linear and every subclass

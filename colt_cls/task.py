@@ -27,11 +27,11 @@ from colt_cls.models import create_model, describe_architecture, prune_group_rul
 from colt_cls.synthetic import ensure_synthetic
 from colt_core.config import ConfigError
 from colt_core.distributed import DistContext, run_on_main
-from colt_core.partition import non_iid_keep
+from colt_core.prune.partition import non_iid_keep
 from colt_core.runtime import derive_seed, progress_bar
-from colt_core.speed import FULL, Precision
-from colt_core.task import TrainJob
-from colt_core.training import make_loader
+from colt_core.train.speed import FULL, Precision
+from colt_core.train.task import TrainJob
+from colt_core.train.trainer import make_loader
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,16 @@ from typing import Any, TypeVar
 import click
 
 from colt_core.config import from_dict, load_config, to_dict
-from colt_core.controls import CONTROLS
 from colt_core.distributed import DistContext, run_on_main
 from colt_core.errors import UserError
+from colt_core.prune.controls import CONTROLS
+from colt_core.prune.ticket import Ticket, TicketError, load_ticket
 from colt_core.report import ReportStyle, write_report
-from colt_core.rounds import RoundLoop, RunResult
+from colt_core.run.rounds import RoundLoop, RunResult
 from colt_core.rundir import RunDir, prepare_run_dir
 from colt_core.settings import RunConfig
-from colt_core.task import Task
-from colt_core.ticket import Ticket, TicketError, load_ticket
-from colt_core.training import Trainer
+from colt_core.train.task import Task
+from colt_core.train.trainer import Trainer
 
 C = TypeVar("C", bound=RunConfig)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -157,7 +157,7 @@ def _graft_class_outputs(model: nn.Module, fresh: nn.Module, fam: DetectorFamily
 
 
 def prune_group_specs(model: nn.Module, fam: DetectorFamily) -> dict[str, dict[str, list[str]]]:
-    """Prune groups in `colt_core.pruning.resolve_prune_groups`' spec format: every conv (a Conv2d weight)
+    """Prune groups in `colt_core.prune.magnitude.resolve_prune_groups`' spec format: every conv (a Conv2d weight)
     and every linear layer, less the family's fixed outputs (the class outputs are the engine's output
     layers, left out by it)."""
     fixed = [rf"^{re.escape(n)}\.weight$" for n in fam.fixed_output_layers(model)]

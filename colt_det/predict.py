@@ -3,7 +3,7 @@ eval-mode switch that lets a torchvision detector return its losses for validati
 
 Data loaders yield ``(images, targets)``: a list of float images (C, H, W) in [0, 1] and a list of target
 dicts (``boxes`` xyxy float, ``labels`` int64, 1..K; optional ``image_id`` and ``orig_size``). Training is
-the engine's (``colt_core.training``).
+the engine's (``colt_core.train.trainer``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from colt_core.runtime import progress_bar
-from colt_core.speed import FULL, Precision
-from colt_core.training import make_loader
+from colt_core.train.speed import FULL, Precision
+from colt_core.train.trainer import make_loader
 from colt_det.data import DetectionDataset, ImageRecord, collate_detection
 from colt_det.transforms import build_transforms
 from colt_det.voc import VOC_CLASSES

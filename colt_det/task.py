@@ -17,9 +17,9 @@ from torch import nn
 
 from colt_core.config import ConfigError
 from colt_core.distributed import DistContext, run_on_main
-from colt_core.partition import non_iid_keep
+from colt_core.prune.partition import non_iid_keep
 from colt_core.runtime import derive_seed
-from colt_core.task import TrainJob
+from colt_core.train.task import TrainJob
 from colt_det.coco import coco_results, load_coco, write_coco_results
 from colt_det.coco_eval import evaluate_coco, evaluate_coco_results
 from colt_det.config import DetRunConfig

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from colt_core.cli import user_errors  # noqa: E402
-from colt_core.compare import (  # noqa: E402
+from colt_core.report import per_class_markdown, plot_per_class, ticket_label  # noqa: E402
+from colt_core.report.compare import (  # noqa: E402
     DEFAULT_LEVELS,
     ComparedRun,
     CompareError,
@@ -35,7 +36,6 @@ from colt_core.compare import (  # noqa: E402
     write_comparison,
     write_csv,
 )
-from colt_core.report import per_class_markdown, plot_per_class, ticket_label  # noqa: E402
 
 
 def is_detection_run(run: ComparedRun) -> bool:

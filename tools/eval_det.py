@@ -45,7 +45,7 @@ def _detections_from_checkpoint(checkpoint: Path, run: Path | None, records: lis
     import torch
 
     from colt_core.runtime import pick_device
-    from colt_core.speed import resolve_precision
+    from colt_core.train.speed import resolve_precision
     from colt_det.config import DetRunConfig
     from colt_det.export import build_detector
     from colt_det.predict import detect

@@ -153,7 +153,7 @@ def main(run_dir: str, out: str, round_index: int | None, final: bool, source: s
     click.echo(f"  sparse {result.files['sparse'].name:<28} {_size(sparse):>10}  "
                f"({100 * sparse / dense:.1f}% of dense; colt_core.export.load_sparse reads it)")
     click.echo(f"  ticket {result.files['ticket'].name:<28} {_size(result.sizes['ticket']):>10}  "
-               "(mask + θ0 + architecture; colt_core.ticket.load_ticket reads it)")
+               "(mask + θ0 + architecture; colt_core.prune.ticket.load_ticket reads it)")
     click.echo(f"  sparsity tables: {result.files['sparsity_md'].name}, {result.files['sparsity_json'].name}")
     if onnx_line:
         click.echo(f"  onnx   {onnx_line}")

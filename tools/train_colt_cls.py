@@ -24,8 +24,8 @@ from colt_cls.report import REPORT, transfer_markdown, write_transfer_report  # 
 from colt_core import cli  # noqa: E402
 from colt_core.config import to_dict  # noqa: E402
 from colt_core.distributed import DistContext, distributed_session  # noqa: E402
+from colt_core.prune.ticket import Ticket  # noqa: E402
 from colt_core.report import rounds_markdown  # noqa: E402
-from colt_core.ticket import Ticket  # noqa: E402
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +57,7 @@ def run_one(cfg: ClsRunConfig, ticket: Ticket | None, *, resume: bool, overwrite
 
         task = ClassificationTask(cfg, dist=dist)
     if ticket is not None:
-        from colt_core.transfer import train_ticket
+        from colt_core.run.transfer import train_ticket
 
         with cli.user_errors():  # most of what can go wrong here is the ticket the user brought
             evaluation = train_ticket(task, cli.make_trainer(task, cfg, run), ticket, cfg.ticket, run,

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 from colt_core import cli  # noqa: E402
 from colt_core.config import to_dict  # noqa: E402
 from colt_core.distributed import DistContext, distributed_session  # noqa: E402
+from colt_core.prune.ticket import Ticket  # noqa: E402
 from colt_core.report import (  # noqa: E402
     given_ticket_markdown,
     per_class_columns,
@@ -30,7 +31,6 @@ from colt_core.report import (  # noqa: E402
     test_set_note,
     write_given_ticket_report,
 )
-from colt_core.ticket import Ticket  # noqa: E402
 from colt_det.coco import check_coco_files  # noqa: E402
 from colt_det.config import DetRunConfig  # noqa: E402
 from colt_det.pretrained import PretrainedWeights, resolve_pretrained  # noqa: E402
@@ -78,7 +78,7 @@ def run_one(cfg: DetRunConfig, ticket: Ticket | None, weights: PretrainedWeights
     main_rank = dist is None or dist.is_main
     style = report_style(cfg.eval.metric)
     if ticket is not None:
-        from colt_core.transfer import train_ticket
+        from colt_core.run.transfer import train_ticket
 
         with cli.user_errors():  # most of what can go wrong here is the ticket the user brought
             evaluation = train_ticket(task, cli.make_trainer(task, cfg, run), ticket, cfg.ticket, run,

@@ -19,7 +19,7 @@ from colt_cls.models import (
     prune_group_rules,
     replace_head,
 )
-from colt_core.pruning import resolve_prune_groups
+from colt_core.prune.magnitude import resolve_prune_groups
 
 OWN_MODELS = ("conv3", "resnet18", "mobilenetv2")
 

@@ -11,19 +11,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import colt_core.training as training_module
+import colt_core.train.trainer as training_module
 from colt_cls.config import ClsRunConfig
 from colt_cls.task import ClassificationTask, evaluate_classifier
 from colt_core.cli import make_trainer
 from colt_core.config import ConfigError, from_dict, load_config
-from colt_core.masks import ones_mask
-from colt_core.pruning import magnitude_prune, resolve_prune_groups
+from colt_core.prune.magnitude import magnitude_prune, resolve_prune_groups
+from colt_core.prune.masks import ones_mask
+from colt_core.prune.ticket import Ticket, TicketError, load_ticket, save_ticket
+from colt_core.prune.weights import snapshot
+from colt_core.run.transfer import train_ticket
 from colt_core.rundir import RunDir, TrainingDir
-from colt_core.task import TrainJob
-from colt_core.ticket import Ticket, TicketError, load_ticket, save_ticket
-from colt_core.training import Trainer
-from colt_core.transfer import train_ticket
-from colt_core.weights import snapshot
+from colt_core.train.task import TrainJob
+from colt_core.train.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

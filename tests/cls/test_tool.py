@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from colt_cls.models import create_model
 from colt_core.io import read_json
-from colt_core.ticket import load_ticket
+from colt_core.prune.ticket import load_ticket
 
 
 def write_config(path: Path, config: dict) -> Path:

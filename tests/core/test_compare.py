@@ -14,7 +14,9 @@ import yaml
 from click.testing import CliRunner
 from toy import NUM_CLASSES, ToyNet, run_toy
 
-from colt_core.compare import (
+from colt_core.config import to_dict
+from colt_core.io import read_json
+from colt_core.report.compare import (
     DEFAULT_LEVELS,
     ComparedRound,
     ComparedRun,
@@ -29,8 +31,6 @@ from colt_core.compare import (
     sparsity_levels,
     write_comparison,
 )
-from colt_core.config import to_dict
-from colt_core.io import read_json
 from colt_core.rundir import RunDir, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
 

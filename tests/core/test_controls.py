@@ -14,12 +14,12 @@ import torch
 from toy import ToyTask, run_toy
 
 from colt_core.config import ConfigError, from_dict, to_dict
-from colt_core.controls import make_control, random_prune_mask
 from colt_core.export import load_round_ticket
 from colt_core.io import read_json
+from colt_core.prune.controls import make_control, random_prune_mask
+from colt_core.prune.weights import snapshot
 from colt_core.rundir import RunDir, prepare_run_dir, read_summary
 from colt_core.settings import PruneConfig, SplitConfig
-from colt_core.weights import snapshot
 
 TOY_RUN = Path(__file__).with_name("toy_run.py")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,9 +20,9 @@ from colt_core.export import (
     save_sparse,
 )
 from colt_core.io import atomic_save, read_json
+from colt_core.prune.ticket import load_ticket
 from colt_core.rundir import RunDir, RunDirError, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
-from colt_core.ticket import load_ticket
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

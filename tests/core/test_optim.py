@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from colt_core.config import ConfigError, from_dict
-from colt_core.optim import OptimizerConfig, ScheduleConfig, build_lr_scheduler, build_optimizer, lr_factor
+from colt_core.settings import OptimizerConfig, ScheduleConfig
+from colt_core.train.optim import build_lr_scheduler, build_optimizer, lr_factor
 
 
 @pytest.mark.parametrize(

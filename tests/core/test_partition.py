@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from colt_core.partition import PartitionError, non_iid_keep, split_classes, validate_groups
+from colt_core.prune.partition import PartitionError, non_iid_keep, split_classes, validate_groups
 
 
 @pytest.mark.parametrize("num_classes, n", [(20, 2), (20, 3), (10, 4), (7, 7), (5, 1)])

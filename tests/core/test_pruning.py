@@ -2,8 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from colt_core.masks import MaskKeeper, apply_mask, intersect_masks, ones_mask
-from colt_core.pruning import (
+from colt_core.prune.magnitude import (
     LayerCollapseError,
     PruneGroup,
     _kth_and_count,
@@ -11,8 +10,9 @@ from colt_core.pruning import (
     prune_count,
     resolve_prune_groups,
 )
-from colt_core.sparsity import pruned_similarity, sparsity_report
-from colt_core.weights import rewind, snapshot
+from colt_core.prune.masks import MaskKeeper, apply_mask, intersect_masks, ones_mask
+from colt_core.prune.sparsity import pruned_similarity, sparsity_report
+from colt_core.prune.weights import rewind, snapshot
 
 
 def test_paper_table_ii_toy_example():
@@ -224,7 +224,7 @@ def test_large_group_with_ties_matches_a_stable_sort_reference():
 
 
 def test_layerwise_pruning_takes_each_layers_share_where_global_would_empty_a_layer():
-    from colt_core.pruning import per_layer
+    from colt_core.prune.magnitude import per_layer
 
     small = torch.full((10,), 0.01) + torch.arange(10) * 1e-4  # a layer of tiny weights beside a large one
     large = torch.full((30,), 1.0) + torch.arange(30) * 1e-3

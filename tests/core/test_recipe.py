@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import TensorDataset
 from toy import ToyNet, ToyTask, toy_train_config
 
-from colt_core.optim import OptimizerConfig
+from colt_core.prune.weights import snapshot
 from colt_core.rundir import RunDir, TrainingDir
-from colt_core.task import TrainJob
-from colt_core.training import PartitionTooSmallError, Trainer, make_loader, total_loss
-from colt_core.weights import snapshot
+from colt_core.settings import OptimizerConfig
+from colt_core.train.task import TrainJob
+from colt_core.train.trainer import PartitionTooSmallError, Trainer, make_loader, total_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,9 @@ from toy import ToyNet, ToyTask, run_toy
 
 from colt_core.config import to_dict
 from colt_core.io import CheckpointError, atomic_save, load_checkpoint, read_json
+from colt_core.prune.ticket import TicketError, load_ticket
 from colt_core.rundir import RunDirError, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
-from colt_core.ticket import TicketError, load_ticket
 
 TOY_RUN = Path(__file__).with_name("toy_run.py")
 
@@ -58,8 +58,8 @@ def test_colt_run_directory_layout_and_monotone_masks(tmp_path):
 
 
 def test_one_colt_round_intersects_the_partitions_masks(tmp_path):
-    from colt_core.masks import intersect_masks
-    from colt_core.pruning import magnitude_prune, resolve_prune_groups
+    from colt_core.prune.magnitude import magnitude_prune, resolve_prune_groups
+    from colt_core.prune.masks import intersect_masks
 
     prune = PruneConfig(partitions=3, rates={"conv": 0.2, "fc": 0.3}, max_rounds=1, evaluate="none")
     run_loop(tmp_path / "run", prune)

@@ -14,13 +14,13 @@ from toy import toy_train_config
 
 from colt_core.config import ConfigError, from_dict
 from colt_core.distributed import DistContext, device_slot, one_rank_per_device, partition_ranks, training_ranks
-from colt_core.masks import MaskKeeper
-from colt_core.optim import build_lr_scheduler, build_optimizer
+from colt_core.prune.masks import MaskKeeper
 from colt_core.rundir import RunDir
 from colt_core.settings import TrainConfig
-from colt_core.speed import FULL, Speed, resolve_precision
-from colt_core.task import TrainJob
-from colt_core.training import Trainer, make_loader, train_one_epoch
+from colt_core.train.optim import build_lr_scheduler, build_optimizer
+from colt_core.train.speed import FULL, Speed, resolve_precision
+from colt_core.train.task import TrainJob
+from colt_core.train.trainer import Trainer, make_loader, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
@@ -108,7 +108,7 @@ def test_the_cpu_defaults_turn_nothing_on():
 def test_the_gpu_defaults_turn_on_what_a_torchvision_user_would(monkeypatch, has_bf16):
     """On CUDA (simulated: only the bf16 capability query is answered here) auto picks bf16 or fp16 with a
     scaler, channels-last, TF32, persistent workers, and cuDNN autotuning for fixed input sizes only."""
-    monkeypatch.setattr("colt_core.speed.bf16_supported", lambda device: has_bf16)
+    monkeypatch.setattr("colt_core.train.speed.bf16_supported", lambda device: has_bf16)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU without bf16")
     gpu = torch.device("cuda", 0)
     fixed = Speed.resolve(TrainConfig(), gpu, fixed_input_size=True, num_workers=4)

@@ -11,11 +11,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from colt_core.errors import TrainingDivergedError
-from colt_core.fit import FitResult, fit
 from colt_core.io import CheckpointError
-from colt_core.masks import MaskKeeper
-from colt_core.optim import OptimizerConfig, ScheduleConfig, build_lr_scheduler, build_optimizer
-from colt_core.weights import snapshot
+from colt_core.prune.masks import MaskKeeper
+from colt_core.prune.weights import snapshot
+from colt_core.settings import OptimizerConfig, ScheduleConfig
+from colt_core.train.fit import FitResult, fit
+from colt_core.train.optim import build_lr_scheduler, build_optimizer
 
 
 class Crash(RuntimeError):
@@ -198,7 +199,7 @@ def _stepping(model: nn.Module, steps: int) -> torch.optim.lr_scheduler.LRSchedu
 
 def test_late_rewind_counts_steps_through_a_resume():
     from colt_core.config import ConfigError
-    from colt_core.training import LateRewind
+    from colt_core.train.trainer import LateRewind
 
     torch.manual_seed(0)
     model = nn.Linear(3, 2)

@@ -10,13 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from colt_core.optim import OptimizerConfig, ScheduleConfig
-from colt_core.partition import non_iid_keep
-from colt_core.rounds import RoundLoop, RunResult
+from colt_core.prune.partition import non_iid_keep
+from colt_core.run.rounds import RoundLoop, RunResult
 from colt_core.rundir import RunDir
-from colt_core.settings import PruneConfig, SplitConfig, TrainConfig
-from colt_core.task import TrainJob
-from colt_core.training import Trainer
+from colt_core.settings import OptimizerConfig, PruneConfig, ScheduleConfig, SplitConfig, TrainConfig
+from colt_core.train.task import TrainJob
+from colt_core.train.trainer import Trainer
 
 NUM_CLASSES = 6
 DIM = 16

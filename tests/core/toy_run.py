@@ -21,7 +21,7 @@ from colt_core.config import to_dict
 from colt_core.distributed import distributed_session, run_on_main
 from colt_core.rundir import prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
-from colt_core.task import TrainJob
+from colt_core.train.task import TrainJob
 
 
 class FailingToyTask(ToyTask):

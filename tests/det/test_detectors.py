@@ -11,11 +11,12 @@ from torch.utils.data import DataLoader
 
 from colt_core.export import export_run
 from colt_core.io import atomic_save, atomic_write_text
-from colt_core.masks import MaskKeeper
-from colt_core.optim import ScheduleConfig, build_lr_scheduler
-from colt_core.pruning import magnitude_prune, prune_count, resolve_prune_groups
-from colt_core.training import train_one_epoch
-from colt_core.weights import snapshot
+from colt_core.prune.magnitude import magnitude_prune, prune_count, resolve_prune_groups
+from colt_core.prune.masks import MaskKeeper
+from colt_core.prune.weights import snapshot
+from colt_core.settings import ScheduleConfig
+from colt_core.train.optim import build_lr_scheduler
+from colt_core.train.trainer import train_one_epoch
 from colt_det.config import DetRunConfig, ModelConfig
 from colt_det.detectors import FAMILIES, build, coco_weights, default_backbone_weights, family, prune_group_specs
 from colt_det.export import detection_export_target

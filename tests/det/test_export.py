@@ -19,14 +19,14 @@ from colt_core.export import (
     load_sparse_mask,
 )
 from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, read_json
-from colt_core.masks import MaskKeeper
-from colt_core.rounds import RoundLoop
+from colt_core.prune.masks import MaskKeeper
+from colt_core.prune.sparsity import sparsity_report
+from colt_core.prune.ticket import load_ticket, save_ticket
+from colt_core.prune.weights import snapshot
+from colt_core.run.rounds import RoundLoop
 from colt_core.rundir import TrainingRecord, prepare_run_dir
-from colt_core.sparsity import sparsity_report
-from colt_core.speed import FULL
-from colt_core.task import TrainJob, TrainOutput
-from colt_core.ticket import load_ticket, save_ticket
-from colt_core.weights import snapshot
+from colt_core.train.speed import FULL
+from colt_core.train.task import TrainJob, TrainOutput
 from colt_det.config import DataConfig, DetRunConfig, ModelConfig
 from colt_det.detectors import VGG16, prune_group_specs
 from colt_det.detectors import backbone_key as family_backbone_key
@@ -292,7 +292,7 @@ def test_onnx_export_of_a_detector_with_tied_scores_passes_the_check(tmp_path):
 
 
 def _conv_group(mask, report):
-    from colt_core.pruning import PruneGroup
+    from colt_core.prune.magnitude import PruneGroup
 
     names = tuple(backbone_key(k) for k in mask if backbone_key(k))
     return PruneGroup("conv", report["groups"]["conv"]["rate_per_round"], names)

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from colt_core.pruning import resolve_prune_groups
+from colt_core.prune.magnitude import resolve_prune_groups
 from colt_det.detectors import VGG16, prune_group_specs
 from colt_det.model import (
     BACKBONE_PREFIX,

@@ -12,10 +12,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from colt_core.errors import TrainingDivergedError
-from colt_core.fit import fit
-from colt_core.masks import MaskKeeper
-from colt_core.optim import OptimizerConfig, ScheduleConfig, build_lr_scheduler, build_optimizer
-from colt_core.training import train_one_epoch, validate
+from colt_core.prune.masks import MaskKeeper
+from colt_core.settings import OptimizerConfig, ScheduleConfig
+from colt_core.train.fit import fit
+from colt_core.train.optim import build_lr_scheduler, build_optimizer
+from colt_core.train.trainer import train_one_epoch, validate
 from colt_det.model import build_vgg16_faster_rcnn
 from colt_det.predict import predict, rescale_boxes
 from colt_det.task import detector_loss

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import eval_det  # noqa: E402
 import train_colt_det  # noqa: E402
 
-from colt_core.ticket import load_ticket  # noqa: E402
+from colt_core.prune.ticket import load_ticket  # noqa: E402
 from colt_det.voc import VOC_CLASSES  # noqa: E402
 
 TINY = [

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from colt_core.partition import split_classes
+from colt_core.prune.partition import split_classes
 from colt_core.runtime import derive_seed
 from colt_det.task import split_train_val
 from colt_det.voc import VOC_CLASSES, load_voc_records

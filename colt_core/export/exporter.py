@@ -36,10 +36,9 @@ from colt_core.io import (
     load_checkpoint,
     read_json,
 )
-from colt_core.pruning import PruneGroup
-from colt_core.rundir import RunDir, TrainingDir, open_run, read_evaluation, read_summary
-from colt_core.sparsity import format_sparsity_table, sparsity_report
-from colt_core.ticket import (
+from colt_core.prune.magnitude import PruneGroup
+from colt_core.prune.sparsity import format_sparsity_table, sparsity_report
+from colt_core.prune.ticket import (
     TICKET_FORMAT,
     Ticket,
     TicketError,
@@ -47,6 +46,7 @@ from colt_core.ticket import (
     save_ticket,
     validate_ticket,
 )
+from colt_core.rundir import RunDir, TrainingDir, open_run, read_evaluation, read_summary
 
 log = logging.getLogger(__name__)
 

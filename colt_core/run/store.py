@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from colt_core.io import atomic_save, atomic_write_json, load_checkpoint, read_json
-from colt_core.masks import Mask
+from colt_core.prune.masks import Mask
+from colt_core.prune.ticket import Ticket, save_ticket
 from colt_core.rundir import (
     Evaluation,
     PartitionResult,
@@ -27,7 +28,6 @@ from colt_core.rundir import (
     write_config,
     write_summary,
 )
-from colt_core.ticket import Ticket, save_ticket
 
 State = dict[str, torch.Tensor]
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from colt_core.pruning import PruneGroup
+from colt_core.prune.magnitude import PruneGroup
 
 
 def _counts(total: int, alive: int) -> dict[str, float | int]:

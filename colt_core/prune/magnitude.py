@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from colt_core.errors import UserError
-from colt_core.masks import Mask
+from colt_core.prune.masks import Mask
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 From a `TrainJob` and the task's datasets and loss it builds seeded loaders (a distributed sampler when
 several ranks train the job), the optimizer and schedule of the `train:` section, a `MaskKeeper` that keeps
 pruned weights and their optimizer state at zero, the late-rewinding snapshot, DDP, mixed precision,
-gradient clipping, TensorBoard scalars and progress bars, and runs `colt_core.fit.fit`: model selection by
+gradient clipping, TensorBoard scalars and progress bars, and runs `colt_core.train.fit.fit`: model selection by
 validation loss and the resumable per-epoch checkpoint, removed once the training is done.
 
 One optimizer step: forward (the task's loss) -> backward -> (unscale under AMP) -> mask the gradients ->
@@ -32,16 +32,16 @@ from colt_core.distributed import (
     wrap_ddp,
 )
 from colt_core.errors import TrainingDivergedError, UserError
-from colt_core.fit import fit
 from colt_core.io import atomic_write_json
-from colt_core.masks import MaskKeeper
-from colt_core.optim import build_lr_scheduler, build_optimizer
+from colt_core.prune.masks import MaskKeeper
+from colt_core.prune.weights import snapshot
 from colt_core.rundir import TrainingRecord
 from colt_core.runtime import derive_seed, pick_device, progress_bar
 from colt_core.settings import TrainConfig
-from colt_core.speed import FULL, Precision, Speed
-from colt_core.task import Batch, Task, TrainJob, TrainOutput
-from colt_core.weights import snapshot
+from colt_core.train.fit import fit
+from colt_core.train.optim import build_lr_scheduler, build_optimizer
+from colt_core.train.speed import FULL, Precision, Speed
+from colt_core.train.task import Batch, Task, TrainJob, TrainOutput
 
 log = logging.getLogger(__name__)
 

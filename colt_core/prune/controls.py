@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from colt_core.masks import Mask
-
-CONTROLS = ("random_prune", "random_reinit")
+from colt_core.prune.masks import Mask
+from colt_core.settings import CONTROLS
 
 State = dict[str, torch.Tensor]
 

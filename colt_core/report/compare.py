@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from colt_core.config import ConfigError, flatten, read_yaml
-from colt_core.controls import CONTROLS
 from colt_core.errors import UserError
 from colt_core.export import ExportError, read_ticket_header
 from colt_core.io import (
@@ -34,6 +33,8 @@ from colt_core.io import (
     load_checkpoint,
     read_json,
 )
+from colt_core.prune.controls import CONTROLS
+from colt_core.prune.sparsity import overall_sparsity, pruned_similarity
 from colt_core.rundir import (
     Evaluation,
     RoundDir,
@@ -43,7 +44,6 @@ from colt_core.rundir import (
     read_evaluation,
     read_summary,
 )
-from colt_core.sparsity import overall_sparsity, pruned_similarity
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def _read_controls(rdir: RoundDir, stored: Mapping[str, Evaluation]) -> dict[str
 
 
 def _in_usual_order(names: Iterable[str]) -> list[str]:
-    """Control names with the known ones first, in the order colt_core.controls lists them."""
+    """Control names with the known ones first, in the order colt_core.prune.controls lists them."""
     found = set(names)
     return [n for n in CONTROLS if n in found] + sorted(found - set(CONTROLS))
 

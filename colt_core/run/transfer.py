@@ -13,16 +13,16 @@ from typing import Any
 
 import torch
 
-from colt_core.controls import make_control
 from colt_core.distributed import DistContext, full_data_context, run_on_main
 from colt_core.io import atomic_save, atomic_write_json
+from colt_core.prune.controls import make_control
+from colt_core.prune.sparsity import sparsity_report
+from colt_core.prune.ticket import Ticket, TicketError, check_ticket_fits
+from colt_core.prune.weights import rewind, snapshot
 from colt_core.rundir import Evaluation, RunDir, read_evaluation, write_config
 from colt_core.runtime import derive_seed, seed_everything
-from colt_core.sparsity import sparsity_report
-from colt_core.task import Task, TrainJob
-from colt_core.ticket import Ticket, TicketError, check_ticket_fits
-from colt_core.training import Trainer
-from colt_core.weights import rewind, snapshot
+from colt_core.train.task import Task, TrainJob
+from colt_core.train.trainer import Trainer
 
 
 def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str | Path, run_dir: RunDir, *,

@@ -1,8 +1,8 @@
 """The round loop shared by COLT-N and LTH: what is trained under which mask, pruning, intersection,
 rewinding, when to stop, and which tickets are evaluated.
 
-What is on disk and what a resumed run skips is `colt_core.store.RunStore`'s; which rank does what is
-`colt_core.ranks.Ranks`'; how a model is trained is `colt_core.training.Trainer`'s. This module is the
+What is on disk and what a resumed run skips is `colt_core.run.store.RunStore`'s; which rank does what is
+`colt_core.run.ranks.Ranks`'; how a model is trained is `colt_core.train.trainer.Trainer`'s. This module is the
 algorithm alone.
 """
 
@@ -18,13 +18,17 @@ import torch
 from torch import nn
 
 from colt_core.config import ConfigError, to_dict
-from colt_core.controls import make_control
 from colt_core.distributed import DistContext
 from colt_core.io import load_checkpoint
-from colt_core.masks import Mask, intersect_masks, ones_mask
-from colt_core.partition import split_classes, validate_groups
-from colt_core.pruning import PruneGroup, magnitude_prune, per_layer, resolve_prune_groups
-from colt_core.ranks import Ranks
+from colt_core.prune.controls import make_control
+from colt_core.prune.magnitude import PruneGroup, magnitude_prune, per_layer, resolve_prune_groups
+from colt_core.prune.masks import Mask, intersect_masks, ones_mask
+from colt_core.prune.partition import split_classes, validate_groups
+from colt_core.prune.sparsity import overall_sparsity, sparsity_report
+from colt_core.prune.ticket import Ticket
+from colt_core.prune.weights import rewind, snapshot
+from colt_core.run.ranks import Ranks
+from colt_core.run.store import RunStore, State
 from colt_core.rundir import (
     Evaluation,
     PartitionResult,
@@ -37,12 +41,8 @@ from colt_core.rundir import (
 )
 from colt_core.runtime import derive_seed, seed_everything
 from colt_core.settings import PruneConfig, SplitConfig
-from colt_core.sparsity import overall_sparsity, sparsity_report
-from colt_core.store import RunStore, State
-from colt_core.task import Task, TrainJob, TrainOutput
-from colt_core.ticket import Ticket
-from colt_core.training import Trainer
-from colt_core.weights import rewind, snapshot
+from colt_core.train.task import Task, TrainJob, TrainOutput
+from colt_core.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

@@ -3,51 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from colt_core.config import at_least, closed_interval, field, positive
-
-
-@dataclass
-class OptimizerConfig:
-    """Optimizer hyper-parameters (detector paper recipe: Adam, lr 1e-4)."""
-
-    name: Literal["adam", "adamw", "sgd"] = field("adam", help="adam | adamw | sgd")
-    lr: float = field(1e-4, help="base learning rate", check=positive)
-    weight_decay: float = field(0.0, help="weight decay (L2 for adam/sgd, decoupled for adamw)",
-                                check=at_least(0.0))
-    momentum: float = field(0.9, help="SGD momentum", check=closed_interval(0.0, 0.999))
-    nesterov: bool = field(False, help="SGD Nesterov momentum")
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], help="Adam betas")
-
-    def validate(self) -> list[tuple[str, str]]:
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            return [("betas", f"must be two numbers in [0, 1), got {self.betas}")]
-        if self.nesterov and self.name == "sgd" and self.momentum == 0:
-            return [("nesterov", "needs momentum > 0")]
-        return []
-
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule (detector paper recipe: cosine annealing to 1.02e-6)."""
-
-    name: Literal["cosine", "multistep", "constant"] = field("cosine", help="cosine | multistep | constant")
-    eta_min: float = field(1.02e-6, help="cosine: final learning rate", check=at_least(0.0))
-    milestones: list[int] = field(default_factory=list, help="multistep: epochs at which lr *= gamma")
-    gamma: float = field(0.1, help="multistep: factor applied at each milestone", check=positive)
-    warmup_epochs: int = field(0, help="linear warm-up epochs (per iteration)", check=at_least(0))
-    interval: Literal["iteration", "epoch"] = field("iteration",
-                                                   help="whether the lr changes every step or every epoch")
-
-    def validate(self) -> list[tuple[str, str]]:
-        if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
-            return [("milestones", f"must be increasing epoch numbers >= 1, got {self.milestones}")]
-        return []
+from colt_core.settings import OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

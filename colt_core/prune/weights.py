@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from colt_core.masks import apply_mask
+from colt_core.prune.masks import apply_mask
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

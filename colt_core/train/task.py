@@ -2,7 +2,7 @@
 
 A task says only what differs between tasks: how to build a model for a label set, which data a partition
 trains and validates on, how a batch becomes a loss, and how a full-data model is scored on the test set.
-The engine (`colt_core.training`) does the training itself: loaders, optimizer and schedule, masks kept
+The engine (`colt_core.train.trainer`) does the training itself: loaders, optimizer and schedule, masks kept
 at zero, late rewinding, DDP, mixed precision, TensorBoard, model selection, resumable checkpoints.
 """
 
@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from colt_core.distributed import DistContext
-from colt_core.masks import Mask
+from colt_core.prune.masks import Mask
 from colt_core.rundir import TrainingDir, TrainingRecord
-from colt_core.speed import FULL, Precision
+from colt_core.train.speed import FULL, Precision
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Task(Protocol):
 
     class_names: Sequence[str]
     output_layers: Sequence[str]  # never pruned; rebuilt per label set
-    default_prune_groups: Mapping[str, Mapping[str, Sequence[str]]]  # colt_core.pruning specs by group
+    default_prune_groups: Mapping[str, Mapping[str, Sequence[str]]]  # colt_core.prune.magnitude specs by group
     collate: Callable[[list[Any]], Batch] | None  # None: torch's default collate
 
     def build_model(self, num_outputs: int) -> nn.Module:

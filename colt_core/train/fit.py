@@ -1,6 +1,6 @@
 """The epoch loop under every training: model selection by validation loss, resumable per-epoch checkpoints.
 
-`colt_core.training` supplies one epoch of training and the validation; this loop owns reseeding,
+`colt_core.train.trainer` supplies one epoch of training and the validation; this loop owns reseeding,
 best-model selection and the checkpoint that lets a killed training resume bit-for-bit on the CPU.
 """
 
@@ -20,13 +20,13 @@ from colt_core.config import flatten
 from colt_core.distributed import DistContext, broadcast_buffers, check_same_across_ranks, run_on_group_main
 from colt_core.errors import TrainingDivergedError
 from colt_core.io import CheckpointError, atomic_save, load_checkpoint
-from colt_core.masks import MaskKeeper
+from colt_core.prune.masks import MaskKeeper
+from colt_core.prune.weights import snapshot
 from colt_core.runtime import derive_seed, seed_everything
-from colt_core.weights import snapshot
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "colt_core.fit/1"
+CHECKPOINT_FORMAT = "colt_core.train.fit/1"
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _load_resumable(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint at `path`, refused unless `fit` wrote it with the same settings."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a training checkpoint of colt_core.fit.fit "
+        raise CheckpointError(f"{path} is not a training checkpoint of colt_core.train.fit.fit "
                               f"(format {CHECKPOINT_FORMAT}); delete it or choose another checkpoint path")
     differences = _setting_differences(ckpt["settings"], settings)
     if differences:

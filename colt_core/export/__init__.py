@@ -1,0 +1,58 @@
+"""Dense, sparse and ONNX exports of a run's tickets.
+
+Reads run records (`colt_core.rundir`) and tickets and never imports the training recipe.
+"""
+
+from colt_core.export.exporter import (
+    SOURCES,
+    SPARSE_FORMAT,
+    SPARSE_VERSION,
+    ExportError,
+    ExportResult,
+    ExportTarget,
+    ExportView,
+    SparseFormatError,
+    compare_outputs,
+    encode_sparse,
+    evaluated_rounds,
+    export_onnx,
+    export_run,
+    load_round_ticket,
+    load_sparse,
+    load_sparse_mask,
+    masked_state_dict,
+    read_ticket_header,
+    require_onnx,
+    run_onnx,
+    save_sparse,
+    sparsity_markdown,
+    trained_weights_path,
+    verify_onnx,
+)
+
+__all__ = [
+    "SOURCES",
+    "SPARSE_FORMAT",
+    "SPARSE_VERSION",
+    "ExportError",
+    "ExportResult",
+    "ExportTarget",
+    "ExportView",
+    "SparseFormatError",
+    "compare_outputs",
+    "encode_sparse",
+    "evaluated_rounds",
+    "export_onnx",
+    "export_run",
+    "load_round_ticket",
+    "load_sparse",
+    "load_sparse_mask",
+    "masked_state_dict",
+    "read_ticket_header",
+    "require_onnx",
+    "run_onnx",
+    "save_sparse",
+    "sparsity_markdown",
+    "trained_weights_path",
+    "verify_onnx",
+]

@@ -1,0 +1,1 @@
+"""Masks, prune groups, magnitude pruning, sparsity, rewinding, class partitions, controls and tickets."""
