@@ -14,7 +14,7 @@ from colt_cls.models import list_models
 from colt_cls.synthetic import write_synthetic_imagenet, write_synthetic_tiny_imagenet
 from colt_core.config import at_least, closed_interval, field, positive
 from colt_core.settings import DataConfig as BaseDataConfig
-from colt_core.settings import EvalConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig, check_partitions
+from colt_core.settings import EvalConfig, OptimizerConfig, RunConfig, ScheduleConfig, TrainConfig
 
 DatasetName = Literal["cifar10", "cifar100", "tinyimagenet", "imagenet"]
 CLASS_COUNTS = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}
@@ -151,6 +151,7 @@ class ClsEvalConfig(EvalConfig):
 class ClsRunConfig(RunConfig):
     """A COLT (or LTH) run of an image classifier, or the transfer of a ticket to a dataset (`ticket`)."""
 
+    task: str = field("classification", help="the task this config is for: classification")
     output_dir: str = field("runs/cls", help="run directory (--out overrides)")
     train: ClsTrainConfig = field(default_factory=ClsTrainConfig, help="training")
     eval: ClsEvalConfig = field(default_factory=ClsEvalConfig, help="evaluation")
@@ -172,4 +173,4 @@ class ClsRunConfig(RunConfig):
                 if getattr(synthetic, key) is not None and self.data.name not in datasets:
                     return [(f"data.synthetic.{key}",
                              f"applies to {' and '.join(datasets)} only, not {self.data.name}")]
-        return super().validate() or check_partitions(self.prune, self.split, self.num_classes)
+        return super().validate()

@@ -176,7 +176,8 @@ class SplitConfig:
 
 
 def check_partitions(prune: PruneConfig, split: SplitConfig, num_classes: int) -> list[tuple[str, str]]:
-    """Cross-checks a front end runs at config load, once it knows the class count."""
+    """Cross-checks of the partitions against the class count (`RunConfig.validate` runs them when the config
+    knows the count; a task whose classes come from its data runs them once it has read it)."""
     problems = []
     if prune.method == "colt" and prune.partitions > num_classes:
         problems.append(("prune.partitions",
@@ -202,6 +203,8 @@ class RunConfig:
     """The sections every run config has; a front end adds its `data:` and `model:` (and may narrow a
     section's type to change its defaults)."""
 
+    task: str = field("", help="the task this config is for (the name it registered as, e.g. detection or "
+                                "classification): `colt train` picks the front end by it")
     seed: int = field(0, help="seed of θ0, the class split, the validation hold-out and every training")
     output_dir: str = field("runs/run", help="run directory (--out overrides)")
     data: DataConfig = field(default_factory=DataConfig, help="dataset")
@@ -215,7 +218,20 @@ class RunConfig:
     control: str | None = field(None, help="with ticket: train this control of it instead: random_prune or "
                                            "random_reinit; --control sets it")
 
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of the configured data when the config alone tells (None: known once the data is read)."""
+        return None
+
     def validate(self) -> list[tuple[str, str]]:
+        expected = type(self).__dataclass_fields__["task"].default
+        if expected and self.task != expected:
+            return [("task", f"this is a {expected} config (task: {expected}), got {self.task!r}; give a {self.task} "
+                             f"config to its own tool, or `colt train`, which picks the task from the config")]
+        if self.num_classes is not None:
+            problems = check_partitions(self.prune, self.split, self.num_classes)
+            if problems:
+                return problems
         if self.control is not None and self.control not in CONTROLS:
             return [("control", f"must be one of {', '.join(CONTROLS)}, got {self.control!r}")]
         if self.control is not None and self.ticket is None:

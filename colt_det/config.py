@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from colt_core.config import at_least, closed_interval, field, open_interval, positive
 from colt_core.settings import DataConfig as BaseDataConfig
-from colt_core.settings import EvalConfig, RunConfig, check_partitions
+from colt_core.settings import EvalConfig, RunConfig
 from colt_det.voc import VOC_CLASSES
 
 DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
@@ -209,15 +209,16 @@ class DetEvalConfig(EvalConfig):
 
 @dataclass
 class DetRunConfig(RunConfig):
-    """A COLT (or LTH) run of Faster R-CNN VGG16 on Pascal VOC."""
+    """A COLT (or LTH) run of a detector (Faster R-CNN VGG16 or a torchvision family) on VOC or COCO-format data."""
 
+    task: str = field("detection", help="the task this config is for: detection")
     output_dir: str = field("runs/voc_vgg16", help="run directory (--out overrides)")
     eval: DetEvalConfig = field(default_factory=DetEvalConfig, help="evaluation")
     data: DataConfig = field(default_factory=DataConfig, help="dataset")
     model: ModelConfig = field(default_factory=ModelConfig, help="detector")
     augment: AugmentConfig = field(default_factory=AugmentConfig, help="augmentation")
 
-    def validate(self) -> list[tuple[str, str]]:
-        if self.data.format == "coco":  # the classes are the annotation files' categories: checked once read
-            return super().validate()
-        return super().validate() or check_partitions(self.prune, self.split, len(VOC_CLASSES))
+    @property
+    def num_classes(self) -> int | None:
+        """The VOC classes; None for COCO-format data, whose classes are its annotation files' categories."""
+        return None if self.data.format == "coco" else len(VOC_CLASSES)
