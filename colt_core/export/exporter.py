@@ -39,10 +39,10 @@ from colt_core.io import (
 from colt_core.prune.magnitude import PruneGroup
 from colt_core.prune.sparsity import format_sparsity_table, sparsity_report
 from colt_core.prune.ticket import (
-    TICKET_FORMAT,
     Ticket,
     TicketError,
     check_ticket_fits,
+    read_ticket_header,
     save_ticket,
     validate_ticket,
 )
@@ -216,22 +216,6 @@ def masked_state_dict(state_dict: Mapping[str, torch.Tensor],
 
 
 # ----- run directories ------------------------------------------------------------------------------
-def read_ticket_header(run: RunDir) -> dict[str, Any]:
-    """Architecture, sparsity and meta of a finished run's ticket, without reading θ0 into memory."""
-    path = run.ticket
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
-        raise ExportError(f"{path}: file not found") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many unrelated types for a damaged file
-        raise ExportError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); the ticket file is "
-                          "damaged, resume the run to rewrite it") from None
-    if not isinstance(data, Mapping) or data.get("format") != TICKET_FORMAT or "architecture" not in data:
-        raise ExportError(f"{path}: not a COLT ticket file")
-    return {"architecture": dict(data["architecture"]), "sparsity": dict(data.get("sparsity", {})),
-            "meta": dict(data.get("meta", {}))}
-
-
 def _rounds_text(rounds: Sequence[int]) -> str:
     return ", ".join(map(str, rounds)) if rounds else "none"
 
@@ -250,7 +234,7 @@ def load_round_ticket(run: RunDir, round: int | None = None,
     """
     rounds = run.rounds()
     finished = run.is_finished()
-    header = read_ticket_header(run) if finished else None
+    header = read_ticket_header(run.ticket) if finished else None
     if round is None:
         if header is None:
             raise ExportError(f"{run.path}: the run is unfinished (no ticket.pt); choose one of its rounds "

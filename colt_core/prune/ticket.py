@@ -35,6 +35,21 @@ class Ticket:
                 "architecture": self.architecture, "sparsity": self.sparsity, "meta": self.meta}
 
 
+def read_ticket_header(path: str | Path) -> dict[str, Any]:
+    """Architecture, sparsity and meta of a ticket file, without reading θ0 into memory."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise TicketError(f"{path}: file not found") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many unrelated types for a damaged file
+        raise TicketError(f"{path}: cannot be read ({type(exc).__name__}: {exc}); the ticket file is "
+                          "damaged, resume the run to rewrite it") from None
+    if not isinstance(data, Mapping) or data.get("format") != TICKET_FORMAT or "architecture" not in data:
+        raise TicketError(f"{path}: not a COLT ticket file")
+    return {"architecture": dict(data["architecture"]), "sparsity": dict(data.get("sparsity", {})),
+            "meta": dict(data.get("meta", {}))}
+
+
 def save_ticket(ticket: Ticket, path: str | Path) -> None:
     """Write a ticket atomically; it loads with `torch.load(..., weights_only=True)`."""
     validate_ticket(ticket, source=str(path))

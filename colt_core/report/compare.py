@@ -24,7 +24,6 @@ from typing import Any
 
 from colt_core.config import ConfigError, flatten, read_yaml
 from colt_core.errors import UserError
-from colt_core.export import ExportError, read_ticket_header
 from colt_core.io import (
     CheckpointError,
     atomic_write_bytes,
@@ -35,6 +34,7 @@ from colt_core.io import (
 )
 from colt_core.prune.controls import CONTROLS
 from colt_core.prune.sparsity import overall_sparsity, pruned_similarity
+from colt_core.prune.ticket import TicketError, read_ticket_header
 from colt_core.rundir import (
     Evaluation,
     RoundDir,
@@ -144,8 +144,8 @@ def read_run(path: str | Path, label: str | None = None) -> ComparedRun:
         summary = read_summary(run)
         config = read_yaml(run.config)
         split = read_json(run.split) if run.split.is_file() else {}
-        header = read_ticket_header(run) if run.is_finished() else None
-    except (CheckpointError, ConfigError, ExportError, RunDirError) as exc:
+        header = read_ticket_header(run.ticket) if run.is_finished() else None
+    except (CheckpointError, ConfigError, TicketError, RunDirError) as exc:
         raise CompareError(str(exc)) from None
     stored = {rec.round: rec for rec in summary.rounds}
     rounds = []
