@@ -20,7 +20,7 @@ from torch import nn
 from colt_core.config import ConfigError, to_dict
 from colt_core.distributed import DistContext
 from colt_core.io import load_checkpoint
-from colt_core.prune.controls import make_control
+from colt_core.prune.controls import Control, make_control
 from colt_core.prune.magnitude import PruneGroup, magnitude_prune, per_layer, resolve_prune_groups
 from colt_core.prune.masks import Mask, intersect_masks, ones_mask
 from colt_core.prune.partition import split_classes, validate_groups
@@ -92,6 +92,28 @@ class Method:
         return run_dir.rewind_source(self.name)
 
 
+def draw_init(task: Task, seed: int, *key: Any) -> State:
+    """A task's θ0 for a run's `seed` (no `key`), or another draw of the same init scheme (random_reinit's)."""
+    seed_everything(derive_seed(seed, "init", *key))
+    return snapshot(task.build_model(len(task.class_names)))
+
+
+def task_control(task: Task, name: str, mask: Mask, start: State, seed: int, *key: Any) -> Control:
+    """Control `name` of a ticket (`mask` from `start`) of a run's `seed`; `key` tells the run's tickets apart
+    (a round's index; none for a ticket trained on its own)."""
+    return make_control(name, mask, start, seed=derive_seed(seed, "control", name, *key),
+                        draw_init=lambda: draw_init(task, seed, "control", *key))
+
+
+def ticket_architecture(task: Task, task_name: str | None) -> dict[str, Any]:
+    """The architecture a ticket stores: the task's description, tagged with the name the task registered as
+    (the registry finds the task of a ticket by it)."""
+    architecture = dict(task.architecture())
+    if task_name:
+        architecture["task"] = task_name
+    return architecture
+
+
 @dataclass
 class RunResult:
     """What a finished run produced."""
@@ -137,8 +159,7 @@ class RoundLoop:
 
     def _draw_init(self, *key: Any) -> State:
         """θ0 (no `key`), or another draw of the same init scheme (random_reinit's)."""
-        seed_everything(derive_seed(self.seed, "init", *key))
-        return snapshot(self.task.build_model(self.num_classes))
+        return draw_init(self.task, self.seed, *key)
 
     def _prune_groups(self) -> tuple[list[PruneGroup], int, Mask]:
         """The prune groups of the task's model, its parameter count, and the all-surviving mask over the
@@ -262,8 +283,7 @@ class RoundLoop:
         stored = self.ranks.on_main(self.store.stored_training, files)
         if stored is not None:
             return stored
-        control = make_control(name, mask, start, seed=derive_seed(self.seed, "control", name, r),
-                               draw_init=lambda: self._draw_init("control", r))
+        control = task_control(self.task, name, mask, start, self.seed, r)
         fresh_init = name == "random_reinit"  # its own freshly drawn output layer; random_prune: the ticket's
         if self.ranks.is_main and not fresh_init:
             self.store.save_mask(files, control.mask)
@@ -349,7 +369,8 @@ class RoundLoop:
             mask = self.ranks.on_main(self._next_mask, trained, mask, groups)
             self._close_round(summary, record)
             r += 1
-        ticket = Ticket(mask=mask, init=start, architecture=self.task.architecture(),
+        architecture = ticket_architecture(self.task, self.config_dict.get("task"))
+        ticket = Ticket(mask=mask, init=start, architecture=architecture,
                         sparsity=sparsity_report(mask, groups, total_params),
                         meta={"method": self.prune.method, "partitions": self.prune.n_partitions, "rounds": r,
                               "seed": self.seed, "class_groups": class_groups, "output_layers": self.output_layers,

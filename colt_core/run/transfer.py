@@ -11,15 +11,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from colt_core.distributed import DistContext, full_data_context, run_on_main
-from colt_core.io import atomic_save, atomic_write_json
-from colt_core.prune.controls import make_control
 from colt_core.prune.sparsity import sparsity_report
 from colt_core.prune.ticket import Ticket, TicketError, check_ticket_fits
-from colt_core.prune.weights import rewind, snapshot
-from colt_core.rundir import Evaluation, RunDir, read_evaluation, write_config
+from colt_core.prune.weights import rewind
+from colt_core.run.rounds import task_control
+from colt_core.run.store import RunStore
+from colt_core.rundir import Evaluation, RunDir
 from colt_core.runtime import derive_seed, seed_everything
 from colt_core.train.task import Task, TrainJob
 from colt_core.train.trainer import Trainer
@@ -32,39 +30,32 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
     With `control` (random_prune, random_reinit) train that control of the ticket instead.
 
     Writes config.yaml, model.pt and metrics.json into `run_dir` (an unfinished training resumes from its
-    checkpoint there; a finished one is read back). Under torchrun every rank trains data-parallel and
-    rank 0 alone writes and evaluates.
+    checkpoint there; a finished one is read back). The ticket must come from the task the run is for (the
+    config's `task`). Under torchrun every rank trains data-parallel and rank 0 alone writes and evaluates.
     """
-    files = run_dir.training
+    store, files = RunStore(run_dir), run_dir.training
 
     def stored() -> Evaluation | None:
-        run_dir.path.mkdir(parents=True, exist_ok=True)
         if config_dict is not None:
-            write_config(run_dir.config, config_dict)
-        return read_evaluation(files) if files.metrics.is_file() else None
+            store.start(config_dict)
+        return store.stored_training(files)
 
     done = run_on_main(dist, stored)
     if done is not None:
         return done
-    seed_everything(derive_seed(seed, "head", "ticket"))
-    model = task.build_model(len(task.class_names))
-    expected, found = task.architecture().get("task"), ticket.architecture.get("task")
+    expected = (config_dict or {}).get("task") or task.architecture().get("task")
+    found = ticket.architecture.get("task")
     if found != expected:
         name = ticket.architecture.get("name", "unknown architecture")
         raise TicketError(f"{ticket_path}: a {found or 'untagged'} ticket ({name}) cannot be trained by the "
-                          f"{expected} front end; pass a ticket found with the same tool")
-    check_ticket_fits(ticket, model, task.output_layers, source=str(ticket_path))
+                          f"{expected} task; pass a ticket found on a {expected} run")
     mask, weights = ticket.mask, ticket.init
     if control is not None:
-        def draw_init() -> dict[str, torch.Tensor]:
-            seed_everything(derive_seed(seed, "init", "control"))
-            return snapshot(task.build_model(len(task.class_names)))
-
-        made = make_control(control, ticket.mask, ticket.init, seed=derive_seed(seed, "control", control),
-                            draw_init=draw_init)
+        made = task_control(task, control, ticket.mask, ticket.init, seed)
         mask, weights = made.mask, made.start
-        seed_everything(derive_seed(seed, "head", "ticket"))
-        model = task.build_model(len(task.class_names))
+    seed_everything(derive_seed(seed, "head", "ticket"))
+    model = task.build_model(len(task.class_names))
+    check_ticket_fits(ticket, model, task.output_layers, source=str(ticket_path))
     rewind(model, weights, mask, task.output_layers, keep_output=True)
     ctx = full_data_context(dist) if dist is not None else None  # where ranks share devices, one per device
     job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask=mask,
@@ -82,11 +73,11 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
                                         "meta": ticket.meta, "sparsity": sparsity["overall"]["sparsity"],
                                         "prune_rate": sparsity["prune_rate"]["rate"], "control": control}
         if control == "random_prune":
-            atomic_save(dict(mask), files.mask)
+            store.save_mask(files, mask)
         assert out is not None  # rank 0 always trains
         evaluation.training, evaluation.wall_time_s = out.record, time.perf_counter() - start
-        atomic_save(out.state_dict, files.model)
-        atomic_write_json(evaluation.to_dict(), files.metrics)
+        store.save_trained(files, out.state_dict)
+        store.save_evaluation(files, evaluation)
         return evaluation
 
     return run_on_main(dist, evaluate_and_write)

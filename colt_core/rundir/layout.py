@@ -211,5 +211,5 @@ def open_run(path: str | Path, *, needs: Sequence[str] = ("config", "init")) -> 
     missing = [getattr(run, name).name for name in needs if not getattr(run, name).is_file()]
     if missing:
         raise RunDirError(f"{run.path}: not a COLT run directory (it lacks {' or '.join(missing)}); pass the "
-                          "--out directory of a training run (tools/train_colt_det.py or train_colt_cls.py)")
+                          "--out directory of a training run (colt train)")
     return run

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import colt_core.train.trainer as training_module
 from colt_cls.config import ClsRunConfig
 from colt_cls.task import ClassificationTask, evaluate_classifier
-from colt_core.cli import make_trainer
+from colt_core.commands.train import make_trainer
 from colt_core.config import ConfigError, from_dict, load_config
 from colt_core.prune.magnitude import magnitude_prune, resolve_prune_groups
 from colt_core.prune.masks import ones_mask
