@@ -9,13 +9,10 @@ from typing import Any
 import torch
 
 from colt_core.io import atomic_save, atomic_write_json, load_checkpoint, read_json
+from colt_core.numbers import as_number
 from colt_core.rundir.layout import RunDir, RunDirError, TrainingDir
 
 SUMMARY_SCHEMA = 2  # 1: the same fields without "schema" (written before the version was recorded)
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -77,7 +74,7 @@ class Evaluation:
         """The record of a task's `evaluate()` result, which must name its metric and value."""
         if not isinstance(metrics, Mapping) or "metric" not in metrics or "value" not in metrics:
             raise TypeError(f"{source} must return a mapping with at least 'metric' and 'value', got {metrics!r}")
-        return cls(metric=str(metrics["metric"]), value=_number(metrics["value"]),
+        return cls(metric=str(metrics["metric"]), value=as_number(metrics["value"], keep_nan=True),
                    per_class=dict(metrics.get("per_class") or {}),
                    details={k: v for k, v in metrics.items() if k not in cls._OWN})
 
