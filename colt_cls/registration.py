@@ -18,9 +18,9 @@ def build(cfg: ClsRunConfig, dist: DistContext | None, prepared: None) -> Task:
 
 
 def report_style(config: Mapping[str, Any]) -> Any:
-    from colt_cls.report import REPORT
+    from colt_cls.report import report_style as style_for_data
 
-    return REPORT
+    return style_for_data(config)
 
 
 def export_target(architecture: Mapping[str, Any]) -> Any:

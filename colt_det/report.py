@@ -1,4 +1,5 @@
-"""How a detection run's report reads: per-class AP (the paper's Table VII) with an mAP row and a bar chart."""
+"""How a detection run's report reads: per-class AP (the paper's Table VII) with an mAP row and a bar chart, in
+a run's report and in the comparison of runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from dataclasses import replace
 from colt_core.report import ReportStyle
 
 REPORT = ReportStyle(title="COLT detection run", per_class_title="Per-class AP (%)", per_class_name="ap",
-                     per_class_axis="AP (%)", digits=1, mean_row="mAP", count_title="test objects")
+                     per_class_axis="AP (%)", digits=1, mean_row="mAP", count_title="test objects",
+                     compare_per_class=True, per_class_metric="AP", per_class_source="Table VII")
 
 
 def report_style(metric: str) -> ReportStyle:

@@ -191,7 +191,7 @@ def report_given_ticket(run: RunDir, evaluation: Evaluation, class_names: Sequen
     from colt_core.report import given_ticket_markdown, write_given_ticket_report
 
     write_given_ticket_report(run, evaluation, class_names, style)
-    click.echo("\n" + given_ticket_markdown(evaluation))
+    click.echo("\n" + given_ticket_markdown(evaluation, style))
     click.echo(f"report: {run.report}")
 
 

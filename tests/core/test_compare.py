@@ -14,13 +14,16 @@ import yaml
 from click.testing import CliRunner
 from toy import NUM_CLASSES, ToyNet, run_toy
 
+from colt_core.commands.compare import compare_command
 from colt_core.config import to_dict
 from colt_core.io import read_json
-from colt_core.report.compare import (
+from colt_core.registry import TaskEntry, register_task, unregister_task
+from colt_core.report import (
     DEFAULT_LEVELS,
     ComparedRound,
     ComparedRun,
     CompareError,
+    ReportStyle,
     config_differences,
     group_series,
     matching_tickets,
@@ -423,3 +426,74 @@ def test_a_comparison_of_single_runs_has_no_series_outputs(compared):
     assert "Series" not in text and "±" not in text and "random_prune" not in text
     assert list(read_csv(out / "metric_vs_sparsity.csv")[0]) == ["run", "round", "sparsity", "prune_rate",
                                                                  "metric", "value"]
+
+
+# ----- the per-class section: asked for by the task's report style, found through the registry -----------------
+def per_class_task(name: str, per_class: bool) -> TaskEntry:
+    """A throwaway task whose report style asks for the comparison's per-class section or not."""
+    style = ReportStyle(title="toy run", per_class_title="Per-class score (%)", per_class_name="score",
+                        per_class_metric="score", mean_row="mean", compare_per_class=per_class)
+
+    def unused(*args):
+        raise AssertionError("a comparison builds no task")
+
+    return TaskEntry(name=name, config=dict, build=unused, report_style=lambda config: style, export_target=unused)
+
+
+@pytest.fixture
+def per_class_tasks():
+    names = {"toy_per_class": True, "toy_plain": False, "toy": True}  # "toy": what the toy ticket's architecture says
+    for name, per_class in names.items():
+        register_task(per_class_task(name, per_class))
+    yield
+    for name in names:
+        unregister_task(name)
+
+
+def as_task(run: Path, out: Path, task: str | None, metric: str = "accuracy") -> Path:
+    """A copy of a run whose config names `task` (None: no task key, as in an older run) and whose evaluations
+    have per-class values, under the metric name `metric`."""
+    shutil.copytree(run, out)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config.pop("task", None)
+    if task is not None:
+        config["task"] = task
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = read_json(out / "summary.json")
+    for rec in summary["rounds"]:
+        if rec.get("eval"):
+            rec["eval"]["metric"] = metric
+            rec["eval"]["per_class"] = {f"c{k}": (k + rec["round"]) / 10 for k in range(NUM_CLASSES)}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return out
+
+
+def test_the_per_class_section_is_written_for_runs_whose_task_style_asks_for_it(runs, per_class_tasks, tmp_path):
+    asking = [as_task(run, tmp_path / f"asking_{run.name}", "toy_per_class") for run in runs]
+    out = tmp_path / "asking_out"
+    result = CliRunner().invoke(compare_command, [*map(str, asking), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = (out / "comparison.md").read_text()
+    assert "## Per-class score (%) at matching sparsity" in text and "![per-class score](per_class_score.png)" in text
+    assert "| **mean** |" in text
+    assert (out / "per_class_score.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert (out / "per_class_score.csv").read_text().splitlines()[1].startswith("c0,")
+    assert f"{out / 'per_class_score.csv'}" in result.output
+
+    # One run whose style asks for it is enough; an older run's ticket architecture names its task.
+    plain = as_task(runs[0], tmp_path / "plain_colt", "toy_plain")
+    older = as_task(runs[1], tmp_path / "older_lth", None)
+    files = write_comparison(read_runs([plain, older]), tmp_path / "mixed_out")
+    assert "per_class_png" in files and "## Per-class score (%)" in files["markdown"].read_text()
+
+
+def test_no_per_class_section_for_runs_whose_task_style_does_not_ask_for_it(runs, per_class_tasks, tmp_path):
+    # The metric's name decides nothing: "mAP" in it makes no run a detection run.
+    plain = [as_task(run, tmp_path / f"plain_{run.name}", "toy_plain", metric="voc07 mAP") for run in runs]
+    files = write_comparison(read_runs(plain), tmp_path / "plain_out")
+    assert "per_class_png" not in files and not list((tmp_path / "plain_out").glob("per_class_*"))
+    assert "Per-class" not in files["markdown"].read_text()
+    # An unregistered task has no task-specific style: the task-agnostic tables are written all the same.
+    unknown = [as_task(run, tmp_path / f"unknown_{run.name}", "no_such_task") for run in runs]
+    files = write_comparison(read_runs(unknown), tmp_path / "unknown_out")
+    assert "per_class_png" not in files and "## Runs" in files["markdown"].read_text()

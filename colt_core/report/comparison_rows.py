@@ -1,0 +1,89 @@
+"""The rows of a comparison's tables, one plain dict each: the sparsity levels, the rounds each run took to
+reach them, the ticket metric (and its controls) against sparsity, and the wall time per round; and rows as a
+CSV file."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from colt_core.io import atomic_write_text
+from colt_core.numbers import percent
+from colt_core.report.compared_runs import ComparedRun, in_usual_order
+
+DEFAULT_LEVELS = (0.2, 0.4, 0.5, 0.6, 0.7, 0.79, 0.9)
+
+
+def sparsity_levels(runs: Sequence[ComparedRun], levels: Sequence[float] = DEFAULT_LEVELS) -> list[float]:
+    """The given levels plus every sparsity a run's rounds reached (round 0's dense mask left out).
+
+    Levels that the tables would print alike (20% and a run's own 19.99997%) are one level, the lowest of
+    them, so that each run whose own sparsity it is counts as reaching it.
+    """
+    found = [float(x) for x in levels] + [r.sparsity for run in runs for r in run.rounds if r.sparsity > 0]
+    lowest: dict[str, float] = {}
+    for level in found:
+        shown = percent(level)  # as the tables print it
+        lowest[shown] = min(level, lowest.get(shown, level))
+    return sorted(lowest.values())
+
+
+def series_levels(runs: Sequence[ComparedRun], levels: Sequence[float] = DEFAULT_LEVELS) -> list[float]:
+    """The levels asked for alone (each seed's own sparsities would be rows of noise), each as
+    `sparsity_levels` has it: the lowest sparsity printed alike, so a run at 19.99997% reaches 20%."""
+    shown = {percent(level) for level in levels}
+    return [level for level in sparsity_levels(runs, levels) if percent(level) in shown]
+
+
+def rounds_to_sparsity(runs: Sequence[ComparedRun], levels: Sequence[float]) -> list[dict[str, Any]]:
+    """Per level and run: the first round at or above it, its sparsity, and the search time to get there."""
+    rows = []
+    for level in levels:
+        for run in runs:
+            rec = run.round_reaching(level)
+            rows.append({"level": level, "run": run.label, "method": run.method,
+                         "rounds": None if rec is None else rec.round,
+                         "sparsity": None if rec is None else rec.sparsity,
+                         "prune_rate": None if rec is None else rec.prune_rate,
+                         "search_time_s": None if rec is None else run.search_time_before(rec.round)})
+    return rows
+
+
+def control_names(runs: Sequence[ComparedRun]) -> list[str]:
+    """The controls any round of the runs has, known ones first in their usual order."""
+    return in_usual_order(name for run in runs for r in run.rounds for name in r.controls)
+
+
+def metric_rows(runs: Sequence[ComparedRun], controls: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every evaluated ticket: run, round, both sparsities, metric and value, and a column per control."""
+    return [{"run": run.label, "round": r.round, "sparsity": r.sparsity, "prune_rate": r.prune_rate,
+             "metric": r.metric, "value": r.value, **{name: r.controls.get(name) for name in controls}}
+            for run in runs for r in run.evaluated]
+
+
+def wall_time_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
+    """Wall time per round (partition trainings, ticket evaluation) and the running total per run."""
+    rows = []
+    for run in runs:
+        cumulative = 0.0
+        for r in run.rounds:
+            cumulative += r.wall_time_s or 0.0
+            rows.append({"run": run.label, "round": r.round, "sparsity": r.sparsity,
+                         "search_time_s": r.search_time_s, "eval_time_s": r.eval_time_s,
+                         "wall_time_s": r.wall_time_s, "cumulative_s": cumulative})
+    return rows
+
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    """Rows as CSV (empty cells for None), written atomically."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    atomic_write_text(out.getvalue(), path)
+    return Path(path)
