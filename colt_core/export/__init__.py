@@ -1,33 +1,36 @@
 """Dense, sparse and ONNX exports of a run's tickets.
 
-Reads run records (`colt_core.rundir`) and tickets and never imports the training recipe.
+Reads run records (`colt_core.rundir`) and tickets and never imports the training recipe. `sparse` is the file
+format, `run_tickets` reads what a run holds, `exporter` writes an export, `onnx` traces and checks ONNX files.
 """
 
+from colt_core.export.errors import ExportError
 from colt_core.export.exporter import (
     SOURCES,
-    SPARSE_FORMAT,
-    SPARSE_VERSION,
-    ExportError,
     ExportResult,
     ExportTarget,
     ExportView,
-    SparseFormatError,
-    compare_outputs,
-    encode_sparse,
-    evaluated_rounds,
-    export_onnx,
+    OnnxExport,
     export_run,
-    load_round_ticket,
-    load_sparse,
-    load_sparse_mask,
     masked_state_dict,
-    read_ticket_header,
-    require_onnx,
-    run_onnx,
-    save_sparse,
     sparsity_markdown,
+    task_export_target,
+    write_onnx,
+)
+from colt_core.export.onnx import compare_outputs, export_onnx, require_onnx, run_onnx, verify_onnx
+from colt_core.export.run_tickets import (
+    evaluated_rounds,
+    load_round_ticket,
     trained_weights_path,
-    verify_onnx,
+    unfinished_run_architecture,
+)
+from colt_core.export.sparse import (
+    SPARSE_FORMAT,
+    SPARSE_VERSION,
+    SparseFormatError,
+    encode_sparse,
+    load_sparse,
+    save_sparse,
 )
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "ExportResult",
     "ExportTarget",
     "ExportView",
+    "OnnxExport",
     "SparseFormatError",
     "compare_outputs",
     "encode_sparse",
@@ -46,13 +50,14 @@ __all__ = [
     "export_run",
     "load_round_ticket",
     "load_sparse",
-    "load_sparse_mask",
     "masked_state_dict",
-    "read_ticket_header",
     "require_onnx",
     "run_onnx",
     "save_sparse",
     "sparsity_markdown",
+    "task_export_target",
     "trained_weights_path",
+    "unfinished_run_architecture",
     "verify_onnx",
+    "write_onnx",
 ]

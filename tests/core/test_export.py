@@ -1,13 +1,17 @@
 """Exports from run directories: exact dense and sparse round trips, file sizes, tickets, and clear errors."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 from toy import NUM_CLASSES, ToyNet, run_toy
 
+from colt_core.commands.export import export_command
 from colt_core.config import to_dict
 from colt_core.export import (
     ExportError,
@@ -16,15 +20,19 @@ from colt_core.export import (
     export_run,
     load_round_ticket,
     load_sparse,
-    load_sparse_mask,
     save_sparse,
+    unfinished_run_architecture,
+    write_onnx,
 )
-from colt_core.io import atomic_save, read_json
+from colt_core.io import atomic_save, atomic_write_text, read_json
 from colt_core.prune.ticket import load_ticket
+from colt_core.registry import TaskEntry, register_task, unregister_task
 from colt_core.rundir import RunDir, RunDirError, prepare_run_dir
 from colt_core.settings import PruneConfig, SplitConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_run(out: Path, method: str = "colt", evaluate: str = "all", max_rounds: int = 3) -> Path:
@@ -57,6 +65,21 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def stored_positions(path: Path) -> dict[str, torch.Tensor]:
+    """The survivor mask a sparse file stores for each tensor it keeps with positions, read from its records."""
+    masks = {}
+    for name, record in torch.load(path, weights_only=True)["tensors"].items():
+        if record["encoding"] == "bitmask":
+            n = int(torch.Size(record["shape"]).numel())
+            masks[name] = torch.from_numpy(np.unpackbits(record["bits"].numpy(), count=n).astype(bool))
+        elif record["encoding"] == "indices":
+            masks[name] = torch.zeros(int(torch.Size(record["shape"]).numel()), dtype=torch.bool)
+            masks[name][record["indices"].long()] = True
+        if name in masks:
+            masks[name] = masks[name].view(record["shape"])
+    return masks
+
+
 def exact_mask(shape: tuple[int, ...], sparsity: float, seed: int = 0) -> torch.Tensor:
     n = int(torch.Size(shape).numel())
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -83,7 +106,7 @@ def test_sparse_file_round_trips_every_tensor_exactly(tmp_path):
     state = masked(state, mask)
     save_sparse(state, tmp_path / "s.pt", mask)
     assert_same_state(load_sparse(tmp_path / "s.pt"), state)
-    back = load_sparse_mask(tmp_path / "s.pt")
+    back = stored_positions(tmp_path / "s.pt")
     assert set(back) == set(mask) and all(torch.equal(back[k], mask[k]) for k in back)
     records = torch.load(tmp_path / "s.pt", weights_only=True)["tensors"]
     encodings = {k: r["encoding"] for k, r in records.items()}
@@ -148,7 +171,7 @@ def test_final_ticket_export_matches_the_run_files(colt_run, tmp_path):
     for name, keep in mask.items():
         assert not bool(keep.all()) and bool((dense[name][~keep] == 0).all())
     assert_same_state(load_sparse(result.files["sparse"]), dense)
-    assert all(torch.equal(load_sparse_mask(result.files["sparse"])[k], mask[k]) for k in mask)
+    assert all(torch.equal(stored_positions(result.files["sparse"])[k], mask[k]) for k in mask)
 
     exported = load_ticket(result.files["ticket"], ToyNet(NUM_CLASSES), output_layers=["head"])
     assert all(torch.equal(exported.mask[k], mask[k]) for k in mask)
@@ -236,3 +259,70 @@ def test_unfinished_run_exports_its_rounds_only(colt_run, tmp_path):
     init = torch.load(run / "init.pt", weights_only=True)
     assert_same_state(torch.load(result.files["dense"], weights_only=True), masked(init, mask))
     assert load_ticket(result.files["ticket"]).architecture == {"name": "toynet", "dim": 16}
+
+
+# ----- what a run's task supplies ----------------------------------------------------------------------------
+def toy_onnx(model: nn.Module, out_dir: Path, size: int | None) -> tuple[Path, str | None]:
+    path = out_dir / "toy.onnx"
+    path.write_bytes(b"not really onnx")
+    return path, None if size is None else f"checked on side {size}"
+
+
+@pytest.fixture
+def toy_task():
+    """The toy front end registered under the task its tickets and configs name, as a front end registers."""
+    def target(architecture) -> ExportTarget:
+        return ExportTarget(model=ToyNet(NUM_CLASSES), output_layers=("head",), onnx=toy_onnx,
+                            loading_hints=("loads with ToyNet(6).load_state_dict",))
+
+    def architecture(config, num_classes):
+        return {"name": "toynet", "task": "toy", "dim": config["dim"], "classes": num_classes}
+
+    entry = register_task(TaskEntry(name="toy", config=dict, build=lambda *a: None, report_style=lambda c: None,
+                                    export_target=target, architecture_from_config=architecture))
+    yield entry
+    unregister_task("toy")
+
+
+def test_the_export_target_and_the_onnx_file_come_from_the_tickets_task(colt_run, toy_task, tmp_path):
+    result = export_run(colt_run, tmp_path / "out")  # the ticket's architecture names the task "toy"
+    assert result.target.loading_hints == ("loads with ToyNet(6).load_state_dict",)
+    assert write_onnx(result) == f"{tmp_path / 'out' / 'toy.onnx'} (not run: onnxruntime is not installed)"
+    assert result.files["onnx"] == tmp_path / "out" / "toy.onnx" and result.sizes["onnx"] == 15
+    assert write_onnx(result, 48).endswith("(checked on side 48)")
+
+    plain = export_run(colt_run, tmp_path / "plain", toy_target)
+    with pytest.raises(ExportError, match="'toynet' models have no ONNX export; leave out --onnx"):
+        write_onnx(plain)
+    unregister_task("toy")
+    with pytest.raises(ExportError, match=r"cannot build the model of architecture 'toynet': .*unknown task 'toy'"):
+        export_run(colt_run, tmp_path / "x", round=1)
+
+
+def test_an_unfinished_runs_architecture_comes_from_its_configs_task(colt_run, toy_task, tmp_path):
+    run = tmp_path / "unfinished"
+    shutil.copytree(colt_run, run)
+    (run / "ticket.pt").unlink()
+    atomic_write_text("task: toy\ndim: 16\n", run / "config.yaml")
+    assert unfinished_run_architecture(RunDir(run)) == {"name": "toynet", "task": "toy", "dim": 16,
+                                                        "classes": NUM_CLASSES}  # the split's class count
+    register_task(TaskEntry(name="toy", config=dict, build=lambda *a: None, report_style=lambda c: None,
+                            export_target=toy_target))
+    with pytest.raises(ExportError, match=r"the toy task cannot describe its model from config\.yaml; finish the "
+                                          r"run with --resume"):
+        unfinished_run_architecture(RunDir(run))
+
+
+def test_the_export_command_lists_its_options_and_ends_with_an_example():
+    result = CliRunner().invoke(export_command, ["--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("RUN_DIR", "--out", "--round", "--final", "--source", "--onnx", "--onnx-size"):
+        assert option in result.output, option
+    assert result.output.rstrip().splitlines()[-1].lstrip().startswith("colt export runs/")
+
+
+def test_the_export_tool_is_the_export_command():
+    spec = importlib.util.spec_from_file_location("export_backbone_tool", REPO / "tools" / "export_backbone.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main is export_command
