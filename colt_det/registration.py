@@ -60,7 +60,7 @@ def export_target(architecture: Mapping[str, Any]) -> Any:
 def architecture_from_config(config: Mapping[str, Any], num_classes: int | None = None) -> dict[str, Any]:
     from colt_det.export import architecture_from_config as from_config
 
-    return from_config(config) if num_classes is None else from_config(config, num_classes)
+    return from_config(config, num_classes)
 
 
 def _commands() -> dict[str, Any]:
