@@ -16,8 +16,6 @@ import inspect
 import json
 import os
 import pickle
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from colt_cls.datasets import CIFAR10_DIR, CIFAR100_DIR, TINY_IMAGENET_DIR
+from colt_core.io import staged_directory
 
 MARKER_FILE = ".colt_synthetic.json"
 MARKER_FORMAT = 1
@@ -180,27 +179,28 @@ def _build_tree(target: Path, marker: dict[str, Any]) -> Iterator[Path]:
     """Yield a fresh hidden folder beside `target`; on success write the marker last, rename it to `target`.
 
     An existing `target` is replaced only when it carries the marker (i.e. it is an older synthetic twin);
-    anything else there, such as a real dataset, is never touched.
+    anything else there, such as a real dataset, is never touched. Losing the race to another process that
+    renamed the same twin into place first counts as done.
     """
     if _holds_other_data(target):
         raise FileExistsError(f"{target} exists and is not a synthetic dataset (it has no {MARKER_FILE}); "
                               "refusing to overwrite it: move it away or choose another --root")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    with staged_directory(target, written=lambda folder: _read_marker(folder) == _as_json(marker)) as folder:
+        yield folder
+        (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    """The marker of a synthetic twin, or None where there is none (or it cannot be read)."""
     try:
-        os.chmod(partial, 0o755)
-        yield partial
-        (partial / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(partial, target)
-            shutil.rmtree(retired)
-        else:
-            os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        return json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _as_json(marker: dict[str, Any]) -> Any:
+    """The marker as reading it back gives it (tuples become lists)."""
+    return json.loads(json.dumps(marker))
 
 
 def _holds_other_data(target: Path) -> bool:
@@ -410,19 +410,13 @@ def ensure_synthetic(name: str, root: str | os.PathLike[str], **arguments: Any) 
     written with other arguments. A folder there without the marker (a real dataset) is returned untouched."""
     writer, fixed, generator = _writer(name, arguments)
     target = synthetic_dataset_dir(name, root)
-    marker_path = target / MARKER_FILE
     if _holds_other_data(target):
         return target
     bound = inspect.signature(writer).bind(root, **fixed, **arguments)
     bound.apply_defaults()
     wanted = _marker(generator, {key: value for key, value in bound.arguments.items() if key != "root"})
-    if marker_path.is_file():
-        try:
-            present = json.loads(marker_path.read_text())
-        except (OSError, ValueError):
-            present = None
-        if present == json.loads(json.dumps(wanted)):
-            return target
+    if _read_marker(target) == _as_json(wanted):
+        return target
     return writer(root, **fixed, **arguments)
 
 

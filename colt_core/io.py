@@ -1,4 +1,4 @@
-"""Atomic file writing and checked loading, so a killed run never leaves a half-written file behind."""
+"""Atomic file and folder writing and checked loading, so a killed run never leaves a half-written file behind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,40 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON (indented, keys in insertion order) atomically."""
     atomic_write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n", path)
+
+
+@contextmanager
+def staged_directory(target: str | os.PathLike, *, written: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield a fresh hidden folder beside `target` to fill (its completion marker last); when the block ends
+    without error, rename it to `target`, replacing whatever is there. An interrupted block leaves nothing behind,
+    so a half-written tree never looks complete.
+
+    Two processes may write the same tree at once: when the rename fails because another one renamed its tree
+    into place first, and `written(target)` says that tree is the one this block wrote (e.g. its marker names
+    the same parameters), the write counts as done. The folder gets the mode a plain mkdir would give it.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    retired = None
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes the folder private
+        yield staging
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            try:
+                os.replace(target, retired / target.name)
+            except FileNotFoundError:
+                pass  # another process moved it away first
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not written(target):
+                raise
+    finally:
+        for folder in (staging, retired):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
-import shutil
-import tempfile
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from colt_core.io import atomic_write_json, atomic_write_text
+from colt_core.io import atomic_write_json, atomic_write_text, staged_directory
 from colt_det.coco import coco_bbox
 from colt_det.data import DetectionDataError
 from colt_det.voc import VOC_CLASSES
@@ -316,24 +312,15 @@ def _params(**params: Any) -> SyntheticVOCParams:
 def _generate(
     target: Path, params: SyntheticVOCParams, write: Callable[[Path, SyntheticVOCParams], None], marker: str
 ) -> None:
-    """Build the tree in a temporary folder beside `target` and rename it into place, the parameters file
-    written last, so a killed generation never looks complete; whatever was at `target` is replaced."""
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
-    try:
+    """Build the tree beside `target` and rename it into place, the parameters file written last, so a killed
+    generation never looks complete; whatever was at `target` is replaced. A generation that loses the race to
+    another process renaming its identical tree into place first counts as done."""
+    def made_with_params(folder: Path) -> bool:
+        return _read_marker(folder, marker) == params.as_marker()
+
+    with staged_directory(target, written=made_with_params) as staging:
         write(staging, params)
         atomic_write_json(params.as_marker(), staging / marker)
-        if target.exists():
-            retired = parent / f".{target.name}.{uuid.uuid4().hex}.old"
-            os.rename(target, retired)
-            os.rename(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def make_synthetic_voc(
@@ -378,16 +365,10 @@ def make_synthetic_voc(
 
 
 def _ensure(folder: Path, marker: str, wanted: SyntheticVOCParams, make: Callable[[], Path]) -> Path:
-    """`folder` when its marker says it was made with `wanted`; otherwise `make()` it. A generation that
-    fails because another process renamed its identical tree into place first counts as done."""
+    """`folder` when its marker says it was made with `wanted`; otherwise `make()` it."""
     if _read_marker(folder, marker) == wanted.as_marker():
         return folder
-    try:
-        return make()
-    except OSError:
-        if _read_marker(folder, marker) == wanted.as_marker():
-            return folder
-        raise
+    return make()
 
 
 def ensure_synthetic_voc(out_root: str | Path, **params: Any) -> Path:

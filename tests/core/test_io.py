@@ -1,4 +1,4 @@
-"""Atomic writes: the file appears whole or not at all, with the mode a plain open() would give it."""
+"""Atomic writes: a file or folder appears whole or not at all, with the mode a plain open() or mkdir would give it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, read_json, staged_directory
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -41,3 +41,71 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path):
     with pytest.raises(RuntimeError, match="cannot pickle"):
         atomic_save({"x": Unsaveable()}, tmp_path / "f.txt")
     assert (tmp_path / "f.txt").read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def _fill(folder: Path, text: str) -> None:
+    (folder / "sub").mkdir()
+    (folder / "sub" / "data.txt").write_text(text)
+    (folder / "done").write_text(text)  # the completion marker, last
+
+
+def _done_with(text: str):
+    def written(folder: Path) -> bool:
+        return (folder / "done").is_file() and (folder / "done").read_text() == text
+
+    return written
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_staged_directory_appears_whole_with_the_mode_of_a_plain_mkdir(tmp_path: Path, umask: int):
+    old = os.umask(umask)
+    try:
+        with staged_directory(tmp_path / "tree", written=_done_with("a")) as folder:
+            assert folder.parent == tmp_path and folder.name.startswith(".tree.")
+            assert not (tmp_path / "tree").exists()
+            _fill(folder, "a")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "tree" / "sub" / "data.txt").read_text() == "a"
+    assert stat.S_IMODE((tmp_path / "tree").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "tree"]
+
+
+def test_a_staged_directory_replaces_the_old_tree_and_an_interrupted_one_leaves_nothing(tmp_path: Path):
+    target = tmp_path / "tree"
+    with staged_directory(target, written=_done_with("a")) as folder:
+        _fill(folder, "a")
+    with staged_directory(target, written=_done_with("b")) as folder:
+        _fill(folder, "b")
+    assert (target / "sub" / "data.txt").read_text() == "b"
+    with pytest.raises(KeyboardInterrupt), staged_directory(target, written=_done_with("c")) as folder:
+        (folder / "half").write_text("c")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in target.iterdir()) == ["done", "sub"] and (target / "done").read_text() == "b"
+    assert [p.name for p in tmp_path.iterdir()] == ["tree"]  # no staging or retired folder left
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_losing_the_rename_race_counts_as_done_only_for_the_same_tree(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch, same: bool):
+    target = tmp_path / "tree"
+    rename = os.replace
+
+    def another_process_first(src, dst):
+        # Another process renames its tree into place between this one's check and its rename.
+        if Path(dst) == target and not target.exists():
+            target.mkdir()
+            _fill(target, "a" if same else "other")
+            (target / "theirs").touch()
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", another_process_first)
+    if same:
+        with staged_directory(target, written=_done_with("a")) as folder:
+            _fill(folder, "a")
+    else:
+        with pytest.raises(OSError), staged_directory(target, written=_done_with("a")) as folder:
+            _fill(folder, "a")
+    assert (target / "theirs").is_file() and (target / "done").read_text() == ("a" if same else "other")
+    assert [p.name for p in tmp_path.iterdir()] == ["tree"]  # this process's staging folder is gone
