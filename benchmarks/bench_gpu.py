@@ -43,9 +43,9 @@ from det_model_check import plain_step, synthetic_batch  # noqa: E402
 from colt_core.config import load_config  # noqa: E402
 from colt_core.prune.masks import MaskKeeper  # noqa: E402
 from colt_core.settings import OptimizerConfig, ScheduleConfig, TrainConfig  # noqa: E402
+from colt_core.train.epoch import train_one_epoch  # noqa: E402
 from colt_core.train.optim import build_lr_scheduler, build_optimizer  # noqa: E402
 from colt_core.train.speed import Speed  # noqa: E402
-from colt_core.train.trainer import train_one_epoch  # noqa: E402
 from colt_det.config import DetRunConfig  # noqa: E402
 from colt_det.model import build_vgg16_faster_rcnn  # noqa: E402
 from colt_det.predict import predict  # noqa: E402
@@ -221,8 +221,8 @@ def main(steps: int | None, warmup: int | None, round_images: int, skip_round: b
             tmp_path = Path(tmp)
             size = scale["size"]
             overrides = [f"data.root={tmp_path / 'voc'}", f"data.synthetic.n_trainval={round_images}",
-                         f"data.synthetic.image_size={size}", f"augment.size={size}", f"model.min_size={size}",
-                         f"model.max_size={size}", f"model.width={scale['width']}",
+                         f"data.synthetic.image_size={size}", f"augment.size={size}", f"model.kwargs.min_size={size}",
+                         f"model.kwargs.max_size={size}", f"model.width={scale['width']}",
                          f"model.head_dim={scale['head_dim']}",
                          "train.epochs=1", "train.progress=false", "prune.max_rounds=1", "prune.evaluate=none"]
             if not cuda:  # torchrun gives each rank one thread; the same sums in the same order need one here too

@@ -31,7 +31,6 @@ from colt_core.prune.partition import non_iid_keep
 from colt_core.runtime import derive_seed, progress_bar
 from colt_core.train.speed import FULL, Precision
 from colt_core.train.task import TrainJob
-from colt_core.train.trainer import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +133,7 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
         """Top-1 (and top-5) accuracy of a full-data model on the test set, and accuracy per class."""
         test = ImageClassificationDataset(self.test_split, transform=self.eval_transform)
-        loader = make_loader(test, batch_size=self.cfg.eval.batch_size, collate=None,
-                             num_workers=self.cfg.data.num_workers, device=job.device)
-        result = evaluate_classifier(model, loader, job.device, len(self.class_names), amp=job.amp,
+        result = evaluate_classifier(model, job.loader(test), job.device, len(self.class_names), amp=job.amp,
                                      progress=self.cfg.train.progress, desc=f"{job.tag} test")
         per_class = {name: (correct / total if total else math.nan) for name, correct, total
                      in zip(self.class_names, result["class_correct"], result["class_total"], strict=True)}

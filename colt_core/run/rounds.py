@@ -188,7 +188,7 @@ class RoundLoop:
                         files=files, rewind_iteration=rewind_iteration,
                         non_iid_max_drop=self.split.non_iid_max_drop if self.split.non_iid else 0.0,
                         data_seed=derive_seed(self.seed, "data"), dist=dist, device=self.trainer.device,
-                        amp=self.trainer.amp, label=control)
+                        amp=self.trainer.amp, label=control, make_loader=self.trainer.loader)
 
     def _rewind_point(self) -> State:
         """The weights after `rewind_iteration` steps of the run's rewind source (stored by its training)."""

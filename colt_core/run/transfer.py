@@ -60,7 +60,7 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
     ctx = full_data_context(dist) if dist is not None else None  # where ranks share devices, one per device
     job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask=mask,
                    seed=derive_seed(seed, "ticket", "transfer"), files=files, data_seed=derive_seed(seed, "data"),
-                   dist=ctx, device=trainer.device, amp=trainer.amp, label=control)
+                   dist=ctx, device=trainer.device, amp=trainer.amp, label=control, make_loader=trainer.loader)
     start = time.perf_counter()
     out = trainer.train(job) if dist is None or ctx is not None else None
     if out is not None:

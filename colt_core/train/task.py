@@ -3,7 +3,8 @@
 A task says only what differs between tasks: how to build a model for a label set, which data a partition
 trains and validates on, how a batch becomes a loss, and how a full-data model is scored on the test set.
 The engine (`colt_core.train.trainer`) does the training itself: loaders, optimizer and schedule, masks kept
-at zero, late rewinding, DDP, mixed precision, TensorBoard, model selection, resumable checkpoints.
+at zero, late rewinding, DDP, mixed precision, TensorBoard, model selection, resumable checkpoints. It also
+makes the task's test loaders: `evaluate` gets them from `job.loader(dataset)`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from colt_core.distributed import DistContext
 from colt_core.prune.masks import Mask
 from colt_core.rundir import TrainingDir, TrainingRecord
 from colt_core.train.speed import FULL, Precision
+
+
+class LoaderFactory(Protocol):
+    """Makes the engine's evaluation loaders (`Trainer.loader`): in order, nothing dropped, the eval batch size
+    unless `batch_size` says otherwise, the task's collate, the data workers, pinned memory on CUDA."""
+
+    def __call__(self, dataset: Dataset, *, batch_size: int | None = None) -> DataLoader: ...
 
 
 @dataclass
@@ -40,11 +48,19 @@ class TrainJob:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp: Precision = FULL  # mixed precision on `device` (its `autocast(device)` for the task's evaluation)
     label: str | None = None  # what a full-data training is when it is not the ticket's (e.g. a control)
+    make_loader: LoaderFactory | None = None  # the engine's evaluation loaders (Trainer.loader); set by Trainer.train
 
     @property
     def tag(self) -> str:
         part = self.label or ("full" if self.partition is None else f"p{self.partition}")
         return f"round_{self.round:02d}/{part}"
+
+    def loader(self, dataset: Dataset, *, batch_size: int | None = None) -> DataLoader:
+        """The engine's evaluation loader of `dataset` (a task's test set), as `LoaderFactory` describes it."""
+        if self.make_loader is None:
+            raise RuntimeError(f"{self.tag}: the job has no make_loader; build it with make_loader=trainer.loader "
+                               "(Trainer.train sets it on the jobs it trains)")
+        return self.make_loader(dataset, batch_size=batch_size)
 
 
 @dataclass
@@ -60,16 +76,15 @@ Batch = Any  # whatever the task's collate function makes of a list of samples: 
 
 
 class Task(Protocol):
-    """A front end: its data, its models, its loss and its evaluation. Nothing of training.
-
-    A task may also say `fixed_input_size = True` when every batch has one input size (fixed crops, stretched
-    images): the engine then lets cuDNN autotune its convolutions on a GPU (`train.cudnn_benchmark: auto`).
-    """
+    """A front end: its data, its models, its loss and its evaluation. Nothing of training."""
 
     class_names: Sequence[str]
     output_layers: Sequence[str]  # never pruned; rebuilt per label set
     default_prune_groups: Mapping[str, Mapping[str, Sequence[str]]]  # colt_core.prune.magnitude specs by group
     collate: Callable[[list[Any]], Batch] | None  # None: torch's default collate
+    # True when every batch has one input size (fixed crops, stretched images): the engine then lets cuDNN
+    # autotune its convolutions on a GPU (`train.cudnn_benchmark: auto`). False when unsure.
+    fixed_input_size: bool
 
     def build_model(self, num_outputs: int) -> nn.Module:
         """A freshly initialised model with `num_outputs` classes (seeded by the caller)."""
@@ -91,4 +106,7 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
         """Test-set metrics of a full-data model on `job.device`: at least {"metric": name, "value": float},
         usually "per_class" and "test_images" too, and "test_skipped" ({"images", "objects"}) when test samples
-        were left out, which the report then states; files it keeps go under `job.files.outputs`."""
+        were left out, which the report then states; files it keeps go under `job.files.outputs`.
+
+        The test set is read through `job.loader(dataset)`, the engine's evaluation loader (the eval batch size,
+        the task's collate, the data workers), and scored under `job.amp`."""

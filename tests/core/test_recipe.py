@@ -14,8 +14,10 @@ from toy import ToyNet, ToyTask, toy_train_config
 from colt_core.prune.weights import snapshot
 from colt_core.rundir import RunDir, TrainingDir
 from colt_core.settings import OptimizerConfig
+from colt_core.train.epoch import PartitionTooSmallError, total_loss
+from colt_core.train.loaders import make_loader
 from colt_core.train.task import TrainJob
-from colt_core.train.trainer import PartitionTooSmallError, Trainer, make_loader, total_loss
+from colt_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,6 +73,19 @@ def test_training_loaders_drop_a_last_batch_of_one_sample_only():
     assert [len(b[0]) for b in make_loader(data, batch_size=8, collate=None, num_workers=0,
                                            device=torch.device("cpu"), generator=torch.Generator(),
                                            drop_single=True)] == [8, 8, 8, 8, 2]
+
+
+def test_a_task_reads_its_test_set_through_the_engines_evaluation_loader(tmp_path):
+    trainer = Trainer(ToyTask(), toy_train_config(epochs=1), eval_batch_size=10)
+    job = job_for(ToyNet(3), TrainingDir(tmp_path))
+    test = TensorDataset(torch.arange(25.0), torch.arange(25))
+    with pytest.raises(RuntimeError, match=r"round_00/p1: the job has no make_loader; build it with make_loader="):
+        job.loader(test)
+    trainer.train(job)  # sets the factory of a job built without one
+    batches = list(job.loader(test))
+    assert [len(b[0]) for b in batches] == [10, 10, 5]  # the eval batch size, in order, nothing dropped
+    assert torch.equal(torch.cat([b[0] for b in batches]), test.tensors[0])
+    assert [len(b[0]) for b in job.loader(test, batch_size=25)] == [25]
 
 
 def test_gradient_clipping_and_cpu_threads_come_from_the_shared_train_section(tmp_path):

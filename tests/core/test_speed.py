@@ -17,10 +17,12 @@ from colt_core.distributed import DistContext, device_slot, one_rank_per_device,
 from colt_core.prune.masks import MaskKeeper
 from colt_core.rundir import RunDir
 from colt_core.settings import TrainConfig
+from colt_core.train.epoch import train_one_epoch
+from colt_core.train.loaders import make_loader
 from colt_core.train.optim import build_lr_scheduler, build_optimizer
 from colt_core.train.speed import FULL, Speed, resolve_precision
 from colt_core.train.task import TrainJob
-from colt_core.train.trainer import Trainer, make_loader, train_one_epoch
+from colt_core.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")

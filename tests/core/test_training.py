@@ -1,104 +1,70 @@
-"""The engine's epoch loop: resume after a crash, model selection, and refusing foreign checkpoints."""
+"""The engine's epoch loop on the toy task: resume after a crash, model selection by validation loss, refusing
+foreign checkpoints, and late rewinding across a resume."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from toy import ToyNet, ToyTask, toy_train_config
 
 from colt_core.errors import TrainingDivergedError
 from colt_core.io import CheckpointError
-from colt_core.prune.masks import MaskKeeper
 from colt_core.prune.weights import snapshot
-from colt_core.settings import OptimizerConfig, ScheduleConfig
-from colt_core.train.fit import FitResult, fit
+from colt_core.rundir import TrainingDir
+from colt_core.settings import OptimizerConfig, ScheduleConfig, TrainConfig
 from colt_core.train.optim import build_lr_scheduler, build_optimizer
+from colt_core.train.task import TrainJob, TrainOutput
+from colt_core.train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+STEPS_PER_EPOCH = 6  # 96 training samples of 3 toy classes in batches of 16
+# SGD with momentum under warm-up and cosine decay: a resume that lost the schedule or the momentum shows.
+SGD = replace(toy_train_config(epochs=3), optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9),
+              schedule=ScheduleConfig(name="cosine", warmup_epochs=1), grad_clip=1.0)
 
 
 class Crash(RuntimeError):
     pass
 
 
-def regression_data(n: int, seed: int) -> TensorDataset:
-    """y = x . w + noise with a fixed w, so a small network learns it within a few epochs."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=gen)
-    w = torch.tensor([1.0, -2.0, 0.5, 3.0])
-    return TensorDataset(x, (x @ w + 0.1 * torch.randn(n, generator=gen)).unsqueeze(1))
+class ScriptedToyTask(ToyTask):
+    """The toy task, whose training crashes at one step (a kill), whose validation losses may be scripted, and
+    which keeps the weights each validation saw (the weights at each epoch's end)."""
+
+    def __init__(self, *, crash_at_step: int | None = None, val_losses: list[float] | None = None) -> None:
+        super().__init__()
+        self.crash_at_step, self.val_losses = crash_at_step, val_losses
+        self.steps = 0
+        self.validated: list[dict[str, torch.Tensor]] = []
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if model.training:
+            self.steps += 1
+            if self.steps == self.crash_at_step:
+                raise Crash(f"killed at step {self.steps}")
+            return super().loss(model, batch)
+        self.validated.append(snapshot(model))  # one batch: the 24 validation samples
+        if self.val_losses is not None:
+            return {"loss": torch.tensor(self.val_losses[len(self.validated) - 1], dtype=torch.float64)}
+        return super().loss(model, batch)
 
 
-@dataclass
-class Run:
-    """One `fit` of a small MLP: dropout, shuffled batches, a masked first layer, AdamW, warm-up + cosine."""
+def fc1_mask() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {"fc1.weight": torch.rand(32, 64, generator=gen) > 0.4}
 
-    checkpoint: object = None
-    model_seed: int = 0
-    epochs: int = 3
-    seed: int = 7
-    lr: float = 1e-2
-    scheduler_interval: str = "step"
-    crash_after_epoch: int | None = None
-    scripted_val_losses: list[float] | None = None
-    with_validation: bool = True
-    ran: list[int] = field(default_factory=list)
-    epoch_end_weights: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
-    def __call__(self) -> tuple[FitResult, nn.Module]:
-        torch.manual_seed(self.model_seed)
-        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
-        train_data = DataLoader(regression_data(48, 0), batch_size=8, shuffle=True)
-        val_x, val_y = regression_data(16, 1).tensors
-        optimizer = build_optimizer(model, OptimizerConfig(name="adamw", lr=self.lr, weight_decay=0.01))
-        schedule = ScheduleConfig(warmup_epochs=1, eta_min=1e-4,
-                                  interval="iteration" if self.scheduler_interval == "step" else "epoch")
-        iters = len(train_data) if self.scheduler_interval == "step" else 1
-        scheduler = build_lr_scheduler(optimizer, schedule, epochs=self.epochs, iters_per_epoch=iters)
-        mask = {"0.weight": torch.arange(64).reshape(16, 4) % 3 != 0}
-        keeper = MaskKeeper(model, mask, optimizer)
-        late = {"step": 0, "state": None}
-
-        def train_epoch(epoch: int) -> dict[str, float]:
-            total = 0.0
-            for x, y in train_data:
-                optimizer.zero_grad()
-                loss = nn.functional.mse_loss(model(x), y)
-                loss.backward()
-                keeper.before_step()
-                optimizer.step()
-                keeper.after_step()
-                if self.scheduler_interval == "step":
-                    scheduler.step()
-                late["step"] += 1
-                if late["step"] == 4:
-                    late["state"] = snapshot(model)
-                total += loss.item()
-            return {"loss": total / len(train_data), "lr": optimizer.param_groups[0]["lr"]}
-
-        def val_loss() -> float:
-            if self.scripted_val_losses is not None:
-                return self.scripted_val_losses[len(self.ran)]
-            model.eval()
-            with torch.no_grad():
-                loss = nn.functional.mse_loss(model(val_x), val_y).item()
-            model.train()
-            return loss
-
-        def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
-            self.ran.append(epoch)
-            self.epoch_end_weights.append(snapshot(model))
-            if epoch == self.crash_after_epoch:
-                raise Crash("killed")
-
-        result = fit(model, epochs=self.epochs, train_epoch=train_epoch,
-                     val_loss=val_loss if self.with_validation else None, optimizer=optimizer, seed=self.seed,
-                     scheduler=scheduler, scheduler_interval=self.scheduler_interval, keeper=keeper,
-                     checkpoint_path=self.checkpoint, on_epoch_end=on_epoch_end,
-                     rewind_state=lambda: late["state"])
-        return result, model
+def train(task: ToyTask, files: TrainingDir, cfg: TrainConfig = SGD, *, model_seed: int = 0, seed: int = 4,
+          rewind_iteration: int = 8) -> tuple[TrainOutput, nn.Module]:
+    torch.manual_seed(model_seed)
+    model = ToyNet(3)
+    job = TrainJob(round=0, partition=1, class_ids=[0, 2, 5], model=model, mask=fc1_mask(), seed=seed, files=files,
+                   rewind_iteration=rewind_iteration)
+    return Trainer(task, cfg, eval_batch_size=64).train(job), model
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -107,89 +73,73 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(b[name], value), name
 
 
-@pytest.mark.parametrize("scheduler_interval", ["step", "epoch"])
-def test_fit_resumed_after_a_crash_ends_bit_identical(tmp_path, scheduler_interval):
-    straight, straight_model = Run(tmp_path / "straight.pt", scheduler_interval=scheduler_interval)()
+def test_a_training_killed_twice_resumes_to_the_same_weights_history_and_rewind_point(tmp_path):
+    straight, straight_model = train(ScriptedToyTask(), TrainingDir(tmp_path / "straight"))
 
-    with pytest.raises(Crash):
-        Run(tmp_path / "resumed.pt", scheduler_interval=scheduler_interval, crash_after_epoch=1)()
-    assert torch.load(tmp_path / "resumed.pt", weights_only=True)["epoch"] == 1
-    # A differently initialised model proves the weights come from the checkpoint.
-    run = Run(tmp_path / "resumed.pt", scheduler_interval=scheduler_interval, model_seed=99)
-    resumed, resumed_model = run()
-    assert run.ran == [2]
+    files = TrainingDir(tmp_path / "killed")
+    pruned = ~fc1_mask()["fc1.weight"]
+    # Killed in epoch 1 (after the rewind snapshot of step 8, before its checkpoint), resumed and killed in epoch 2.
+    # A differently initialised model (seed 99) proves a resumed training's weights come from the checkpoint.
+    for crash_at_step, checkpointed_epoch, model_seed in ((10, 0, 0), (11, 1, 99)):
+        with pytest.raises(Crash):
+            train(ScriptedToyTask(crash_at_step=crash_at_step), files, model_seed=model_seed)
+        ckpt = torch.load(files.checkpoint, weights_only=True)
+        assert ckpt["format"] == "colt_core.fit/1"
+        assert ckpt["epoch"] == checkpointed_epoch and len(ckpt["history"]) == checkpointed_epoch + 1
+        assert (ckpt["rewind_state"] is not None) == (checkpointed_epoch == 1)
+        # Pruned weights and their momentum stay zero, also in the checkpoint a resumed training wrote.
+        assert torch.count_nonzero(ckpt["model"]["fc1.weight"][pruned]) == 0
+        [momentum] = [s["momentum_buffer"] for s in ckpt["optimizer"]["state"].values()
+                      if s["momentum_buffer"].shape == pruned.shape]
+        assert torch.count_nonzero(momentum[pruned]) == 0
+    task = ScriptedToyTask()
+    resumed, resumed_model = train(task, files, model_seed=99)
+    assert task.steps == STEPS_PER_EPOCH  # only the last epoch ran
 
-    assert resumed.history == straight.history and [h["epoch"] for h in straight.history] == [0, 1, 2]
-    assert straight.history[-1]["lr"] < straight.history[0]["lr"]
-    assert (resumed.best_epoch, resumed.best_val_loss) == (straight.best_epoch, straight.best_val_loss)
-    assert_same_weights(straight.best_state, resumed.best_state)
+    assert resumed.record.history == straight.record.history
+    assert [h["epoch"] for h in straight.record.history] == [0, 1, 2]
+    assert (resumed.record.best_epoch, resumed.record.best_val_loss) == \
+        (straight.record.best_epoch, straight.record.best_val_loss)
+    assert_same_weights(straight.state_dict, resumed.state_dict)
     assert_same_weights(straight.rewind_state, resumed.rewind_state)
     assert_same_weights(straight_model.state_dict(), resumed_model.state_dict())
-    last = [torch.load(tmp_path / name, weights_only=True) for name in ("straight.pt", "resumed.pt")]
-    assert_same_weights(last[0]["model"], last[1]["model"])
-    assert last[0]["optimizer"]["state"].keys() == last[1]["optimizer"]["state"].keys()
-    for key, state in last[0]["optimizer"]["state"].items():
-        assert_same_weights(state, last[1]["optimizer"]["state"][key])
-    # Pruned weights and their Adam moments stay zero across the resume.
-    pruned = ~(torch.arange(64).reshape(16, 4) % 3 != 0)
-    assert torch.count_nonzero(resumed.best_state["0.weight"][pruned]) == 0
-    assert torch.count_nonzero(last[1]["optimizer"]["state"][0]["exp_avg"][pruned]) == 0
-    assert not list(tmp_path.glob("*.tmp"))
+    assert torch.count_nonzero(resumed.state_dict["fc1.weight"][pruned]) == 0
+    assert not files.checkpoint.exists() and not list(tmp_path.rglob("*.tmp"))
 
 
-def test_fit_keeps_the_lowest_validation_loss_weights(tmp_path):
-    run = Run(tmp_path / "fit.pt", epochs=4, scripted_val_losses=[0.9, 0.3, 0.5, 0.4])
-    result, model = run()
-    assert result.best_epoch == 1 and result.best_val_loss == 0.3
-    assert [h["val_loss"] for h in result.history] == [0.9, 0.3, 0.5, 0.4]
-    assert_same_weights(run.epoch_end_weights[1], result.best_state)
-    assert not torch.equal(run.epoch_end_weights[3]["0.weight"], result.best_state["0.weight"])
-    assert_same_weights(result.best_state, model.state_dict())  # the model ends holding the best weights
-    assert all(v.device.type == "cpu" for v in result.best_state.values())
-
-    # With a real validation loss the choice is its minimum, and training lowered it.
-    real, _ = Run(epochs=3)()
-    losses = [h["val_loss"] for h in real.history]
-    assert real.best_val_loss == min(losses) == losses[real.best_epoch] and losses[-1] < losses[0]
+def test_the_weights_of_the_lowest_validation_loss_are_kept(tmp_path):
+    task = ScriptedToyTask(val_losses=[0.875, 0.25, 0.5, 0.375])
+    out, model = train(task, TrainingDir(tmp_path), replace(SGD, epochs=4))
+    assert out.record.best_epoch == 1 and out.record.best_val_loss == 0.25
+    assert [h["val_loss"] for h in out.record.history] == [0.875, 0.25, 0.5, 0.375]
+    assert_same_weights(task.validated[1], out.state_dict)
+    assert not torch.equal(task.validated[3]["fc1.weight"], out.state_dict["fc1.weight"])
+    assert_same_weights(out.state_dict, model.state_dict())  # the model ends holding the best weights
+    assert all(v.device.type == "cpu" for v in out.state_dict.values())
 
 
-def test_fit_without_validation_keeps_the_last_epoch():
-    run = Run(epochs=2, with_validation=False)
-    result, model = run()
-    assert result.best_epoch == 1 and math.isnan(result.best_val_loss)
-    assert [set(h) for h in result.history] == [{"loss", "lr", "epoch"}] * 2
-    assert_same_weights(run.epoch_end_weights[-1], result.best_state)
-    assert_same_weights(result.best_state, model.state_dict())
-
-
-def test_finished_checkpoint_is_reused_and_other_settings_are_refused(tmp_path):
-    path = tmp_path / "fit.pt"
-    first, _ = Run(path)()
-    again_run = Run(path, model_seed=5)
-    again, again_model = again_run()
-    assert again_run.ran == [] and again.history == first.history
-    assert_same_weights(first.best_state, again_model.state_dict())
-
-    for changed, what in [({"lr": 3e-2}, "initial_lr"), ({"epochs": 4}, "epochs"), ({"seed": 8}, "seed"),
-                          ({"scheduler_interval": "epoch"}, "interval")]:
-        with pytest.raises(CheckpointError,
-                           match=rf"fit\.pt was written with other training settings.*{what}"):
-            Run(path, **changed)()
+def test_a_checkpoint_of_other_settings_or_another_file_is_refused(tmp_path):
+    files = TrainingDir(tmp_path)
+    with pytest.raises(Crash):
+        train(ScriptedToyTask(crash_at_step=10), files)
+    for changed, what in [({"cfg": replace(SGD, optimizer=replace(SGD.optimizer, lr=0.2))}, "initial_lr"),
+                          ({"cfg": replace(SGD, epochs=4)}, "epochs"), ({"seed": 5}, "seed"),
+                          ({"cfg": replace(SGD, batch_size=8)}, "batch_size"),
+                          ({"rewind_iteration": 3}, "rewind_iteration")]:
+        with pytest.raises(CheckpointError, match=rf"train_state\.pt was written with other training settings.*{what}"):
+            train(ScriptedToyTask(), files, **changed)
     with pytest.raises(CheckpointError, match="delete it to start training over"):
-        Run(path, lr=3e-2)()
+        train(ScriptedToyTask(), files, seed=5)
+    train(ScriptedToyTask(), files)  # the original settings resume
 
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"model": {}}, foreign)
-    with pytest.raises(CheckpointError, match=r"foreign\.pt is not a training checkpoint"):
-        Run(foreign)()
+    torch.save({"model": {}}, files.checkpoint)
+    with pytest.raises(CheckpointError, match=r"train_state\.pt is not a training checkpoint"):
+        train(ScriptedToyTask(), files)
 
 
-def test_bad_epochs_and_a_diverged_validation_loss_are_reported():
-    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
-        fit(nn.Linear(1, 1), epochs=0, train_epoch=lambda e: {}, val_loss=None,
-            optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1), seed=0)
-    with pytest.raises(TrainingDivergedError, match=r"lower train\.optimizer\.lr"):
-        Run(epochs=2, scripted_val_losses=[0.5, math.nan])()
+def test_a_diverged_validation_loss_is_reported(tmp_path):
+    with pytest.raises(TrainingDivergedError, match=r"validation loss is nan after epoch 1.*lower train\.optimizer"):
+        train(ScriptedToyTask(val_losses=[0.5, math.nan]), TrainingDir(tmp_path), replace(SGD, epochs=2))
 
 
 def _stepping(model: nn.Module, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -199,7 +149,7 @@ def _stepping(model: nn.Module, steps: int) -> torch.optim.lr_scheduler.LRSchedu
 
 def test_late_rewind_counts_steps_through_a_resume():
     from colt_core.config import ConfigError
-    from colt_core.train.trainer import LateRewind
+    from colt_core.train.late_rewind import LateRewind
 
     torch.manual_seed(0)
     model = nn.Linear(3, 2)

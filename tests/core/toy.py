@@ -50,6 +50,7 @@ class ToyTask:
     class_names: tuple[str, ...] = tuple(f"c{i}" for i in range(NUM_CLASSES))
     output_layers: tuple[str, ...] = ("head",)
     collate = None
+    fixed_input_size = False
 
     def __post_init__(self) -> None:
         self.x, self.y = make_data()

@@ -1,4 +1,4 @@
-"""A detector under the engine's loops (training epochs, the validation loss, a resumed fit), prediction and
+"""A detector under the engine's loops (training epochs, the validation loss, a resumed training), prediction and
 box rescaling."""
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from colt_core.errors import TrainingDivergedError
 from colt_core.prune.masks import MaskKeeper
-from colt_core.settings import OptimizerConfig, ScheduleConfig
-from colt_core.train.fit import fit
-from colt_core.train.optim import build_lr_scheduler, build_optimizer
-from colt_core.train.trainer import train_one_epoch, validate
+from colt_core.rundir import TrainingDir
+from colt_core.settings import OptimizerConfig, ScheduleConfig, TrainConfig
+from colt_core.train.epoch import train_one_epoch, validate
+from colt_core.train.optim import build_lr_scheduler
+from colt_core.train.task import TrainJob
+from colt_core.train.trainer import Trainer
 from colt_det.model import build_vgg16_faster_rcnn
 from colt_det.predict import predict, rescale_boxes
 from colt_det.task import detector_loss
@@ -158,47 +160,54 @@ def test_predict_keeps_order_and_rescales_to_the_original_size():
     assert [image_id for image_id, _ in positions] == [0, 1, 2]
 
 
-# --- the loops under colt_core's fit, as the engine runs them ---
+# --- a detector under the engine's trainer ---
 
 class Crash(RuntimeError):
     pass
 
 
-def _fit_detector(checkpoint, *, model_seed: int = 0, crash_after_epoch: int | None = None):
+class SquareTask:
+    """What the trainer needs of the detection task, on squares; its training crashes at `crash_at_step`."""
+
+    class_names = ("red", "green")
+    output_layers = ("roi_heads.box_predictor",)
+    collate = staticmethod(collate)
+    fixed_input_size = True
+
+    def __init__(self, crash_at_step: int | None = None) -> None:
+        self.crash_at_step, self.steps = crash_at_step, 0
+        self.default_prune_groups: dict = {}
+
+    def datasets(self, class_ids, job):
+        return SquareDataset(4), SquareDataset(2, seed=1)
+
+    def loss(self, model, batch):
+        if model.training:
+            self.steps += 1
+            if self.steps == self.crash_at_step:
+                raise Crash("killed")
+        return detector_loss(model, batch)
+
+
+def _train_detector(files: TrainingDir, *, model_seed: int = 0, crash_at_step: int | None = None):
     model = tiny_model(seed=model_seed, head_dropout=0.5)
-    train_data, val_data = loader(SquareDataset(4), shuffle=True), loader(SquareDataset(2, seed=1))
-    optimizer = build_optimizer(model, OptimizerConfig(lr=1e-3))
-    scheduler = build_lr_scheduler(optimizer, ScheduleConfig(warmup_epochs=1), epochs=2,
-                                   iters_per_epoch=len(train_data))
-    keeper = MaskKeeper(model, {}, optimizer)
-
-    def train_epoch(epoch: int) -> dict[str, float]:
-        return train_one_epoch(model, DETECTOR, train_data, optimizer, device=CPU, scheduler=scheduler,
-                               keeper=keeper)
-
-    def on_epoch_end(epoch: int, stats: dict[str, float]) -> None:
-        if epoch == crash_after_epoch:
-            raise Crash("killed")
-
-    def val_loss() -> dict[str, float]:
-        return validate(model, DETECTOR, val_data, device=CPU)
-
-    result = fit(model, epochs=2, train_epoch=train_epoch, val_loss=val_loss, optimizer=optimizer, seed=11,
-                 scheduler=scheduler, checkpoint_path=checkpoint, on_epoch_end=on_epoch_end,
-                 generators=[train_data.generator])
-    return result, model
+    cfg = TrainConfig(epochs=2, batch_size=2, optimizer=OptimizerConfig(lr=1e-3),
+                      schedule=ScheduleConfig(warmup_epochs=1), device="cpu", progress=False)
+    job = TrainJob(round=0, partition=None, class_ids=None, model=model, mask={}, seed=11, files=files)
+    return Trainer(SquareTask(crash_at_step), cfg, eval_batch_size=2).train(job), model
 
 
 def test_detector_training_resumed_after_a_crash_ends_bit_identical(tmp_path):
-    straight, _ = _fit_detector(tmp_path / "straight.pt")
+    straight, _ = _train_detector(TrainingDir(tmp_path / "straight"))
     with pytest.raises(Crash):
-        _fit_detector(tmp_path / "resumed.pt", crash_after_epoch=0)
+        _train_detector(TrainingDir(tmp_path / "resumed"), crash_at_step=3)  # in epoch 1, after epoch 0's checkpoint
     # A differently initialised model proves the weights come from the checkpoint.
-    resumed, model = _fit_detector(tmp_path / "resumed.pt", model_seed=99)
-    assert resumed.history == straight.history and len(straight.history) == 2
-    assert (resumed.best_epoch, resumed.best_val_loss) == (straight.best_epoch, straight.best_val_loss)
-    assert set(straight.best_val_metrics) == {"loss_classifier", "loss_box_reg", "loss_objectness",
-                                              "loss_rpn_box_reg"}
-    for name, value in straight.best_state.items():
-        assert torch.equal(resumed.best_state[name], value), name
+    resumed, model = _train_detector(TrainingDir(tmp_path / "resumed"), model_seed=99)
+    assert resumed.record.history == straight.record.history and len(straight.record.history) == 2
+    assert (resumed.record.best_epoch, resumed.record.best_val_loss) == \
+        (straight.record.best_epoch, straight.record.best_val_loss)
+    assert set(straight.record.val_metrics) == {"loss_classifier", "loss_box_reg", "loss_objectness",
+                                                "loss_rpn_box_reg"}
+    for name, value in straight.state_dict.items():
+        assert torch.equal(resumed.state_dict[name], value), name
         assert torch.equal(model.state_dict()[name], value), name
