@@ -1,1 +1,2 @@
-"""COLT detection front end: Pascal VOC data, Faster R-CNN VGG16, training, VOC/COCO evaluation."""
+"""COLT detection front end: Pascal VOC and COCO-format data, the paper's Faster R-CNN VGG16 and torchvision's box
+detectors, the detection task, VOC/COCO evaluation and exports."""

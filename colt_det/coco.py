@@ -1,9 +1,9 @@
 """COCO-format detection data on disk: an instances JSON plus a folder of images, read into the records of
-`colt_det.data` (VOC file coordinates), and detections written back as a COCO results file.
+`colt_det.data` (VOC file coordinates). Detections go back out as a COCO results file in `colt_det.coco_eval`.
 
 A COCO box [x, y, w, h] is continuous xyxy (x, y, x + w, y + h), so its record box is
-`xyxy_to_voc((x, y, x + w, y + h))` and `voc_to_xyxy` gives the xyxy box back: exactly for whole and
-dyadic (.5, .25, ...) pixel values, within one unit in the last place otherwise (x + 1 - 1 is not always x
+`xyxy_to_voc((x, y, x + w, y + h))` and `voc_to_xyxy` (or `coco_bbox`) gives the box back: exactly for whole
+and dyadic (.5, .25, ...) pixel values, within one unit in the last place otherwise (x + 1 - 1 is not always x
 in floating point).
 
 Categories keep the dataset's own ids and names; labels are 0..K-1 by ascending category id.
@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from colt_core.io import atomic_write_text
 from colt_det.data import (
     BadAnnotationStats,
     DetectionDataError,
@@ -31,7 +30,6 @@ from colt_det.data import (
     voc_to_xyxy,
     xyxy_to_voc,
 )
-from colt_det.voc_eval import Detection, check_detection_classes
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +76,6 @@ class CocoCategories:
                 f"category id {category_id!r} is not one of {_short(self.ids)}{_from(self.source)}"
             ) from None
 
-    def category_id(self, label: int) -> int:
-        """The dataset's category id of a 0-based label."""
-        if not 0 <= label < len(self.ids):
-            raise ValueError(f"label {label} out of range 0..{len(self.ids) - 1}")
-        return self.ids[label]
-
-    def as_coco(self) -> list[dict[str, Any]]:
-        """The `categories` list of an instances file."""
-        return [{"id": cid, "name": name} for cid, name in zip(self.ids, self.names, strict=True)]
-
 
 def _from(source: str) -> str:
     return f" (the categories of {source})" if source else ""
@@ -122,6 +110,12 @@ def coco_box_numbers(bbox: Any) -> list[float] | None:
     """A COCO `bbox` as four finite floats, or None when it is not a list of four numbers."""
     numbers = [_number(v) for v in bbox] if isinstance(bbox, list) else []
     return numbers if len(numbers) == 4 and None not in numbers else None  # type: ignore[return-value]
+
+
+def coco_bbox(box: Sequence[float]) -> list[float]:
+    """A box in VOC file coordinates -> COCO's continuous [x, y, w, h]."""
+    x0, y0, x1, y1 = voc_to_xyxy(box)
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -433,48 +427,3 @@ def _check_image_file(record: ImageRecord, path: Path) -> None:
             f"{record.image_path}: image is {size[0]}x{size[1]} but {path} says {record.width}x{record.height} for "
             f"image {record.source_id}; the image or the annotations file is from another version of the data",
             problem="image_size_mismatch")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Results files
-
-
-def coco_bbox(box: Sequence[float]) -> list[float]:
-    """A box in VOC file coordinates -> COCO's continuous [x, y, w, h]."""
-    x0, y0, x1, y1 = voc_to_xyxy(box)
-    return [x0, y0, x1 - x0, y1 - y0]
-
-
-def coco_results(
-    detections_by_class: Mapping[str, Sequence[Detection]],
-    records: Sequence[ImageRecord],
-    categories: CocoCategories,
-) -> list[dict[str, Any]]:
-    """Detections (per class name, VOC file coordinates, image_id = a record's image_id) as a COCO results
-    list: [{"image_id": the image's COCO id, "category_id": the dataset's id, "bbox": [x, y, w, h], "score"}]."""
-    check_detection_classes(detections_by_class, categories.names)
-    source_ids: dict[str, int] = {}
-    for record in records:
-        if record.source_id is None:
-            raise ValueError(f"record {record.image_id!r} has no source_id: COCO results need records read by "
-                             "load_coco")
-        if record.image_id in source_ids:
-            raise ValueError("the records hold a repeated image id; write the results of one annotations file")
-        source_ids[record.image_id] = record.source_id
-    results = []
-    for label, name in enumerate(categories.names):
-        for d in detections_by_class.get(name, ()):
-            if d.image_id not in source_ids:
-                raise DetectionDataError(
-                    f"detection of {name!r} on image {d.image_id!r}, which is not in the evaluated records; "
-                    "write the results with the records the detections were made on"
-                )
-            results.append({"image_id": source_ids[d.image_id], "category_id": categories.ids[label],
-                            "bbox": coco_bbox(d.box), "score": float(d.score)})
-    return results
-
-
-def write_coco_results(path: str | Path, results: Sequence[Mapping[str, Any]]) -> None:
-    """Write a COCO results JSON atomically, one detection a line (exact floats; NaN or infinity refused)."""
-    lines = ",\n".join(json.dumps(dict(r), allow_nan=False) for r in results)
-    atomic_write_text(f"[\n{lines}\n]\n" if results else "[]\n", path)

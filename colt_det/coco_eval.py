@@ -1,13 +1,14 @@
 """COCO-style box AP (mean over IoU 0.50:0.05:0.95), computed by pycocotools: of detections on VOC records
-(`evaluate_coco`) and of a COCO results file against a COCO instances file (`evaluate_coco_results`).
+(`evaluate_coco`) and of a COCO results file against a COCO instances file (`evaluate_coco_results`); and the
+COCO results files themselves (`coco_results`, `write_coco_results`).
 
 For VOC records the ground truth is built in memory. Difficult objects become `iscrowd=1` regions, the
 only way COCOeval has to ignore a box: they count as neither positives nor misses, and a detection that
 falls on one is ignored rather than counted false. (COCOeval measures overlap with a crowd region as
 intersection over the detection's area, so this is slightly more lenient than VOC's IoU test.)
 
-Boxes go from VOC file coordinates (1-based inclusive pixels) to COCO's continuous (x, y, w, h):
-x = xmin - 1, y = ymin - 1, w = xmax - xmin + 1, h = ymax - ymin + 1 -- the same boxes as torchvision's.
+Boxes go from VOC file coordinates (1-based inclusive pixels) to COCO's continuous (x, y, w, h) by `coco_bbox`:
+x = xmin - 1, y = ymin - 1, w = xmax - x, h = ymax - y -- the same boxes as torchvision's.
 """
 
 from __future__ import annotations
@@ -26,17 +27,13 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from colt_det.coco import CocoCategories, check_same_categories, coco_box_numbers, read_coco_instances
-from colt_det.data import DetectionDataError, ImageRecord
+from colt_core.io import atomic_write_text
+from colt_det.coco import CocoCategories, check_same_categories, coco_bbox, coco_box_numbers, read_coco_instances
+from colt_det.data import Detection, DetectionDataError, ImageRecord, check_detection_classes
 from colt_det.voc import VOC_CLASSES
-from colt_det.voc_eval import Detection, check_detection_classes, mean_ap
+from colt_det.voc_eval import mean_ap
 
 logger = logging.getLogger(__name__)
-
-
-def _coco_box(box: Sequence[float]) -> list[float]:
-    xmin, ymin, xmax, ymax = (float(v) for v in box)
-    return [xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0]
 
 
 def build_coco_ground_truth(records: Sequence[ImageRecord], classes: Sequence[str] = VOC_CLASSES) -> COCO:
@@ -45,7 +42,7 @@ def build_coco_ground_truth(records: Sequence[ImageRecord], classes: Sequence[st
     for image_index, record in enumerate(records):
         images.append({"id": image_index + 1, "width": record.width, "height": record.height})
         for obj in record.objects:
-            x, y, w, h = _coco_box(obj.box)
+            x, y, w, h = coco_bbox(obj.box)
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -93,7 +90,7 @@ def evaluate_coco(
                 {
                     "image_id": image_index[d.image_id],
                     "category_id": c + 1,
-                    "bbox": _coco_box(d.box),
+                    "bbox": coco_bbox(d.box),
                     "score": d.score,
                 }
             )
@@ -279,3 +276,42 @@ def format_coco_table(result: Mapping[str, Any]) -> str:
     lines.append(f"| **mean** | **{cell(result['mAP'])}** | **{cell(result['AP50'])}** |")
     lines.append(f"| AP75 | {cell(result['AP75'])} | |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# COCO results files
+
+
+def coco_results(
+    detections_by_class: Mapping[str, Sequence[Detection]],
+    records: Sequence[ImageRecord],
+    categories: CocoCategories,
+) -> list[dict[str, Any]]:
+    """Detections (per class name, VOC file coordinates, image_id = a record's image_id) as a COCO results
+    list: [{"image_id": the image's COCO id, "category_id": the dataset's id, "bbox": [x, y, w, h], "score"}]."""
+    check_detection_classes(detections_by_class, categories.names)
+    source_ids: dict[str, int] = {}
+    for record in records:
+        if record.source_id is None:
+            raise ValueError(f"record {record.image_id!r} has no source_id: COCO results need records read by "
+                             "load_coco")
+        if record.image_id in source_ids:
+            raise ValueError("the records hold a repeated image id; write the results of one annotations file")
+        source_ids[record.image_id] = record.source_id
+    results = []
+    for label, name in enumerate(categories.names):
+        for d in detections_by_class.get(name, ()):
+            if d.image_id not in source_ids:
+                raise DetectionDataError(
+                    f"detection of {name!r} on image {d.image_id!r}, which is not in the evaluated records; "
+                    "write the results with the records the detections were made on"
+                )
+            results.append({"image_id": source_ids[d.image_id], "category_id": categories.ids[label],
+                            "bbox": coco_bbox(d.box), "score": float(d.score)})
+    return results
+
+
+def write_coco_results(path: str | Path, results: Sequence[Mapping[str, Any]]) -> None:
+    """Write a COCO results JSON atomically, one detection a line (exact floats; NaN or infinity refused)."""
+    lines = ",\n".join(json.dumps(dict(r), allow_nan=False) for r in results)
+    atomic_write_text(f"[\n{lines}\n]\n" if results else "[]\n", path)

@@ -15,6 +15,7 @@ from colt_core.io import CheckpointError, atomic_write_json, load_checkpoint
 from colt_core.rundir import RunDir, RunDirError
 from colt_det.coco import load_coco
 from colt_det.data import DetectionDataError, DetectionDataset
+from colt_det.metrics import METRICS, evaluate_detections
 from colt_det.synthetic import (
     COCO_SPLITS,
     coco_instances_path,
@@ -24,13 +25,7 @@ from colt_det.synthetic import (
     make_synthetic_voc,
 )
 from colt_det.voc import VOC_CLASSES, load_voc_records
-from colt_det.voc_eval import (
-    METRICS,
-    evaluate_detections,
-    format_per_class_table,
-    read_results_files,
-    write_results_files,
-)
+from colt_det.voc_eval import format_per_class_table, read_results_files, write_results_files
 
 EVAL_EXAMPLES = """\b
 Examples:

@@ -1,5 +1,6 @@
 """Detection data in memory, whatever its source: image and object records, the torchvision dataset over
-them, batching, and bad-input errors. `colt_det.voc` and `colt_det.coco` read their formats into these.
+them, batching, scored detections, and bad-input errors. `colt_det.voc` and `colt_det.coco` read their formats
+into these; the evaluators (`colt_det.voc_eval`, `colt_det.coco_eval`) score detections against them.
 
 Coordinate convention (used everywhere in colt_det):
 
@@ -16,7 +17,7 @@ evaluation code; a COCO box [x, y, w, h] is xyxy (x, y, x + w, y + h).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ Box = tuple[float, float, float, float]
 
 
 class DetectionDataError(UserError, ValueError):
-    """Bad or missing VOC data; the message names the file, the problem and the fix.
+    """Bad or missing detection data (VOC or COCO); the message names the file, the problem and the fix.
 
     `problem` is a short machine-readable kind (e.g. "missing_xml", "unknown_class") used to count
     skipped annotations; it is None for structural problems that are never skipped.
@@ -108,6 +109,59 @@ def xyxy_to_voc(box: Sequence[float]) -> Box:
     return (x0 + 1.0, y0 + 1.0, x1, y1)
 
 
+@dataclass(frozen=True)
+class Detection:
+    """One scored box; `box` is in VOC file coordinates (1-based, inclusive), as in the results files."""
+
+    image_id: str
+    score: float
+    box: Box
+
+
+def check_detection_classes(detections_by_class: Mapping[str, Any], classes: Sequence[str]) -> None:
+    """Raise when detections name a class outside `classes` (e.g. results of another label set)."""
+    unknown = sorted(set(detections_by_class) - set(classes))
+    if unknown:
+        raise DetectionDataError(f"detections for unknown classes {unknown}; expected names from {list(classes)}")
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, possibly on the GPU
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def detections_from_outputs(
+    image_ids: Sequence[str],
+    outputs: Sequence[Mapping[str, Any]],
+    label_names: Sequence[str],
+) -> dict[str, list[Detection]]:
+    """torchvision outputs (0-based xyxy boxes, labels 1..K into `label_names`, scores) -> VOC detections.
+
+    Every name in `label_names` is a key of the result, with an empty list when it was never detected.
+    """
+    if len(image_ids) != len(outputs):
+        raise ValueError(f"{len(image_ids)} image ids but {len(outputs)} outputs; they must be aligned")
+    by_class: dict[str, list[Detection]] = {name: [] for name in label_names}
+    for image_id, output in zip(image_ids, outputs, strict=True):
+        boxes = _as_numpy(output["boxes"]).astype(np.float64).reshape(-1, 4)
+        labels = _as_numpy(output["labels"]).astype(np.int64).reshape(-1)
+        scores = _as_numpy(output["scores"]).astype(np.float64).reshape(-1)
+        if not len(boxes) == len(labels) == len(scores):
+            raise ValueError(
+                f"output for image {image_id!r} has {len(boxes)} boxes, {len(labels)} labels and "
+                f"{len(scores)} scores; they must be aligned"
+            )
+        for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True):
+            if not 1 <= label <= len(label_names):
+                raise ValueError(
+                    f"output for image {image_id!r} has label {label}; expected 1..{len(label_names)} "
+                    "(0 is background)"
+                )
+            by_class[label_names[label - 1]].append(Detection(image_id, score, xyxy_to_voc(box)))
+    return by_class
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """An image file as an HxWx3 uint8 array."""
     try:
@@ -120,7 +174,7 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 class DetectionDataset(Dataset):
-    """VOC records as (image, target) pairs for torchvision detection models.
+    """Image records (VOC or COCO) as (image, target) pairs for torchvision detection models.
 
     Labels are 1-based (0 is background): without `class_ids`, label = class index + 1. With `class_ids`
     (indices into `classes`) the dataset is one partition: it keeps only the images holding at least one

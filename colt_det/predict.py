@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from colt_core.runtime import progress_bar
 from colt_core.train.speed import FULL, Precision
-from colt_core.train.trainer import make_loader
-from colt_det.data import DetectionDataset, ImageRecord, collate_detection
+from colt_core.train.task import LoaderFactory
+from colt_det.data import Detection, DetectionDataset, ImageRecord, collate_detection, detections_from_outputs
 from colt_det.transforms import build_transforms
 from colt_det.voc import VOC_CLASSES
-from colt_det.voc_eval import Detection, detections_from_outputs
 
 
 @contextmanager
@@ -97,16 +97,21 @@ def predict(
 
 
 def detect(model: nn.Module, records: list[ImageRecord], *, size: int | None, device: torch.device,
-           amp: Precision = FULL, batch_size: int = 4, num_workers: int = 0, progress: bool = True,
-           classes: Sequence[str] = VOC_CLASSES) -> dict[str, list[Detection]]:
+           amp: Precision = FULL, loader: LoaderFactory | None = None, batch_size: int = 4, num_workers: int = 0,
+           progress: bool = True, classes: Sequence[str] = VOC_CLASSES) -> dict[str, list[Detection]]:
     """Run a detector of `classes` (+ background) over image records; detections per class in VOC file coordinates.
 
     `size`: the square side images are stretched to first (None: as they are; the detector's own transform
     resizes them and maps its boxes back to the image it was given, `predict` maps them on to the file's).
+    `loader`: the engine's evaluation loaders (`TrainJob.loader`); None: batches of `batch_size` read by
+    `num_workers` workers.
     """
     dataset = DetectionDataset(records, build_transforms(False, size), keep_difficult=True, classes=classes)
-    loader = make_loader(dataset, batch_size=batch_size, collate=collate_detection, num_workers=num_workers,
-                         device=device)
-    results = predict(model.to(device), loader, device, amp=amp, progress=progress)
+    if loader is not None:
+        batches = loader(dataset)
+    else:
+        batches = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection, num_workers=num_workers,
+                             pin_memory=device.type == "cuda")
+    results = predict(model.to(device), batches, device, amp=amp, progress=progress)
     image_ids = [dataset.image_ids[int(i)] for i, _ in results]
     return detections_from_outputs(image_ids, [out for _, out in results], dataset.label_names)

@@ -27,6 +27,7 @@ from torchvision.models._api import WeightsEnum
 from colt_core.config import ConfigError
 from colt_core.distributed import DistContext, run_on_main
 from colt_core.io import load_checkpoint
+from colt_det.detectors import coco_weights, default_backbone_weights
 
 IMAGENET = "imagenet"
 NONE = "none"
@@ -125,8 +126,6 @@ def resolve_pretrained(model: Any, *, dist: DistContext | None = None) -> Pretra
 
 
 def _resolve_torchvision(model: Any, dist: DistContext | None) -> PretrainedWeights | None:
-    from colt_det.detectors import coco_weights, default_backbone_weights
-
     if model.pretrained == "coco":
         weights, key, detector = coco_weights(model.arch), "model.pretrained: coco", True
     elif model.pretrained_backbone == IMAGENET:

@@ -1,4 +1,5 @@
-"""The detection task: Faster R-CNN VGG16 on Pascal VOC partitions, scored by per-class VOC and COCO AP.
+"""The detection task: Faster R-CNN VGG16 or a torchvision detector on Pascal VOC or COCO-format partitions,
+scored by per-class VOC and COCO AP.
 
 An image belongs to partition i when it holds an object of group i; objects of other groups are dropped
 from its targets there. The validation images are a seeded image-level hold-out of the training images.
@@ -20,8 +21,8 @@ from colt_core.distributed import DistContext, run_on_main
 from colt_core.prune.partition import non_iid_keep
 from colt_core.runtime import derive_seed
 from colt_core.train.task import TrainJob
-from colt_det.coco import coco_results, load_coco, write_coco_results
-from colt_det.coco_eval import evaluate_coco, evaluate_coco_results
+from colt_det.coco import load_coco
+from colt_det.coco_eval import coco_results, evaluate_coco, evaluate_coco_results, write_coco_results
 from colt_det.config import DetRunConfig
 from colt_det.data import DetectionDataset, ImageRecord, collate_detection
 from colt_det.detectors import build as build_detector
@@ -173,8 +174,7 @@ class DetectionTask:
         cfg = self.cfg
         classes = list(self.class_names)
         detections = detect(model, self.test_records, size=cfg.augment.input_size, device=job.device, amp=job.amp,
-                            batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                            progress=cfg.train.progress, classes=classes)
+                            loader=job.loader, progress=cfg.train.progress, classes=classes)
         scores = {"voc07": evaluate_voc(detections, self.test_records, use_07_metric=True, classes=classes),
                   "voc12": evaluate_voc(detections, self.test_records, use_07_metric=False, classes=classes)}
         if self.categories is not None:

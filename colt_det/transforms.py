@@ -1,14 +1,13 @@
 """Training and evaluation augmentation for detection, with boxes kept consistent with the image.
 
-Boxes enter and leave in torchvision coordinates (0-based continuous xyxy, see `colt_det.voc`).
+Boxes enter and leave in torchvision coordinates (0-based continuous xyxy, see `colt_det.data`).
 albumentations' "pascal_voc" format is (x_min, y_min, x_max, y_max) in pixels, which it normalises by the
 image size; for continuous coordinates that is exact under resizing and flipping (x -> W - x), so our
 xyxy boxes are handed to it unchanged.
 
 albumentations keeps its own random generators, untouched by `random.seed` / `np.random.seed` /
 `torch.manual_seed`. To make a run reproducible from the seeds the training loop already sets, each call
-draws a fresh seed for the pipeline from torch's global generator (which DataLoader seeds per worker), or
-from a private generator after `set_seed(seed)`.
+draws a fresh seed for the pipeline from torch's global generator (which DataLoader seeds per worker).
 """
 
 from __future__ import annotations
@@ -59,16 +58,6 @@ class DetectionTransform:
                 strict=True,
             )
         self.random = random
-        self._rng: np.random.Generator | None = None
-
-    def set_seed(self, seed: int | None) -> None:
-        """Draw augmentations from a private generator seeded with `seed`; None: back to torch's global one.
-
-        For a single process (tests, previews). In DataLoader workers keep the default: each worker copies
-        this object, so a private generator would repeat the same augmentations in every worker, while
-        torch's global generator is seeded differently per worker.
-        """
-        self._rng = None if seed is None else np.random.default_rng(int(seed))
 
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
@@ -78,11 +67,7 @@ class DetectionTransform:
         if len(boxes) != len(labels):
             raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels; they must be aligned")
         if self.random:
-            if self._rng is None:
-                seed = int(torch.randint(0, 2**31 - 1, ()))
-            else:
-                seed = int(self._rng.integers(0, 2**31 - 1))
-            self.pipeline.set_random_seed(seed)
+            self.pipeline.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
         out = self.pipeline(image=image, bboxes=boxes, labels=labels)
         out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_labels = np.asarray(out["labels"], dtype=labels.dtype).reshape(-1)

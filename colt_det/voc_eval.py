@@ -22,14 +22,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from colt_core.io import atomic_write_text
-from colt_det.data import DetectionDataError, ImageRecord, xyxy_to_voc
+from colt_det.data import Detection, DetectionDataError, ImageRecord, check_detection_classes
 from colt_det.voc import VOC_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -38,15 +37,6 @@ RESULTS_PREFIX = "comp4_det_test_"
 # The reference's thresholds are np.arange(0., 1.1, 0.1): 0.30000000000000004, not 0.3, and so on.
 # Using the same floating-point values keeps recalls that land exactly on 0.3, 0.6, 0.7 treated alike.
 ELEVEN_POINT_RECALLS = np.arange(11) * 0.1
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One scored box; `box` is in VOC file coordinates (1-based, inclusive), as in the results files."""
-
-    image_id: str
-    score: float
-    box: tuple[float, float, float, float]
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
@@ -144,13 +134,6 @@ def eval_class(
     return rec, prec, voc_ap(rec, prec, use_07_metric)
 
 
-def check_detection_classes(detections_by_class: Mapping[str, Any], classes: Sequence[str]) -> None:
-    """Raise when detections name a class outside `classes` (e.g. results of another label set)."""
-    unknown = sorted(set(detections_by_class) - set(classes))
-    if unknown:
-        raise DetectionDataError(f"detections for unknown classes {unknown}; expected names from {list(classes)}")
-
-
 def mean_ap(per_class: Mapping[str, float]) -> float:
     """Mean over the classes whose AP is defined (not NaN); NaN when none is."""
     defined = [ap for ap in per_class.values() if not math.isnan(ap)]
@@ -179,25 +162,6 @@ def evaluate_voc(
         "mAP": mean_ap(per_class),
         "per_class": per_class,
     }
-
-
-METRICS = ("voc07", "voc12", "coco")
-
-
-def evaluate_detections(
-    detections_by_class: Mapping[str, Sequence[Detection]],
-    records: Sequence[ImageRecord],
-    metric: str,
-    classes: Sequence[str] = VOC_CLASSES,
-) -> dict[str, Any]:
-    """Evaluate under a metric named as in configs and command lines: "voc07", "voc12" or "coco"."""
-    if metric == "coco":
-        from colt_det.coco_eval import evaluate_coco  # pycocotools is loaded only when asked for
-
-        return evaluate_coco(detections_by_class, records, classes)
-    if metric in ("voc07", "voc12"):
-        return evaluate_voc(detections_by_class, records, use_07_metric=metric == "voc07", classes=classes)
-    raise ValueError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -287,44 +251,7 @@ def read_results_files(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Model outputs and reports
-
-
-def _as_numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):  # a torch tensor, possibly on the GPU
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def detections_from_outputs(
-    image_ids: Sequence[str],
-    outputs: Sequence[Mapping[str, Any]],
-    label_names: Sequence[str],
-) -> dict[str, list[Detection]]:
-    """torchvision outputs (0-based xyxy boxes, labels 1..K into `label_names`, scores) -> VOC detections.
-
-    Every name in `label_names` is a key of the result, with an empty list when it was never detected.
-    """
-    if len(image_ids) != len(outputs):
-        raise ValueError(f"{len(image_ids)} image ids but {len(outputs)} outputs; they must be aligned")
-    by_class: dict[str, list[Detection]] = {name: [] for name in label_names}
-    for image_id, output in zip(image_ids, outputs, strict=True):
-        boxes = _as_numpy(output["boxes"]).astype(np.float64).reshape(-1, 4)
-        labels = _as_numpy(output["labels"]).astype(np.int64).reshape(-1)
-        scores = _as_numpy(output["scores"]).astype(np.float64).reshape(-1)
-        if not len(boxes) == len(labels) == len(scores):
-            raise ValueError(
-                f"output for image {image_id!r} has {len(boxes)} boxes, {len(labels)} labels and "
-                f"{len(scores)} scores; they must be aligned"
-            )
-        for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist(), strict=True):
-            if not 1 <= label <= len(label_names):
-                raise ValueError(
-                    f"output for image {image_id!r} has label {label}; expected 1..{len(label_names)} "
-                    "(0 is background)"
-                )
-            by_class[label_names[label - 1]].append(Detection(image_id, score, xyxy_to_voc(box)))
-    return by_class
+# Reports
 
 
 def format_per_class_table(result: Mapping[str, Any]) -> str:

@@ -17,11 +17,16 @@ from click.testing import CliRunner
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from colt_det.coco import CocoCategories, coco_results, write_coco_results
-from colt_det.coco_eval import build_coco_ground_truth, evaluate_coco, evaluate_coco_results
-from colt_det.data import DetectionDataError, ImageRecord, ObjectRecord, xyxy_to_voc
+from colt_det.coco import CocoCategories
+from colt_det.coco_eval import (
+    build_coco_ground_truth,
+    coco_results,
+    evaluate_coco,
+    evaluate_coco_results,
+    write_coco_results,
+)
+from colt_det.data import Detection, DetectionDataError, ImageRecord, ObjectRecord, xyxy_to_voc
 from colt_det.voc import VOC_CLASSES, load_voc_records
-from colt_det.voc_eval import Detection
 
 REPO = Path(__file__).resolve().parents[2]
 

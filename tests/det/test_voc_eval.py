@@ -10,13 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from colt_det.data import DetectionDataError, DetectionDataset, ImageRecord, ObjectRecord
+from colt_det.data import (
+    Detection,
+    DetectionDataError,
+    DetectionDataset,
+    ImageRecord,
+    ObjectRecord,
+    detections_from_outputs,
+)
+from colt_det.metrics import evaluate_detections
 from colt_det.voc import VOC_CLASSES, load_voc_records
 from colt_det.voc_eval import (
-    Detection,
-    detections_from_outputs,
     eval_class,
-    evaluate_detections,
     evaluate_voc,
     format_per_class_table,
     read_results_files,
