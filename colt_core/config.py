@@ -127,12 +127,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from a plain mapping, checking keys, types and ranges."""
+    """Build dataclass `cls` from a plain mapping, checking keys, types and ranges. A class may name keys it
+    used to have in `MOVED_KEYS` ({old key: its new place}); such a key is refused with its new place."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        moved = getattr(cls, "MOVED_KEYS", {}).get(unknown[0])  # a section may list keys that moved elsewhere
+        if moved is not None:
+            raise ConfigError(f"{where}: moved; write it as {prefix + '.' if prefix else ''}{moved}")
         raise ConfigError(f"{where}: unknown key; allowed keys here: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():

@@ -37,8 +37,9 @@ class TaskEntry:
     run's start (e.g. the pretrained weights). `report_style(config)` takes a run config as plain data (a
     stored config.yaml or `to_dict(cfg)`). `export_target(architecture)` rebuilds a ticket's model for export;
     `architecture_from_config(config, num_classes)` describes the model of a run that has no ticket yet
-    (`num_classes`: the run's class count, background not counted; None: the config's own). `commands` are click commands `colt` gains (e.g. `eval`), and
-    `datasets` maps a `colt make-data` name to the click command that writes that synthetic dataset.
+    (`num_classes`: the run's class count, background not counted; None: the config's own). `commands` are
+    click commands `colt` gains (e.g. `eval`), and `datasets` maps a `colt make-data` name to the click command
+    that writes that synthetic dataset.
     """
 
     name: str

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from colt_core.config import at_least, closed_interval, field, open_interval, positive
+from colt_core.config import at_least, closed_interval, field, positive
 from colt_core.settings import DataConfig as BaseDataConfig
 from colt_core.settings import EvalConfig, RunConfig
+from colt_det.synthetic import coco_instances_path
 from colt_det.voc import VOC_CLASSES
 
 DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
@@ -72,8 +74,6 @@ class DataConfig(BaseDataConfig):
         """The (images, annotations) pairs of the training sets and the test set (the synthetic twin's under
         root when there is one)."""
         if self.synthetic is not None:
-            from colt_det.synthetic import coco_instances_path
-
             root = Path(self.root)
             return ([(str(root / "train"), str(coco_instances_path(root, "train")))],
                     (str(root / "test"), str(coco_instances_path(root, "test"))))
@@ -81,41 +81,44 @@ class DataConfig(BaseDataConfig):
                 (str(self.test_images), str(self.test_annotations)))
 
 
+# FasterRCNN keywords that were settings of their own beside the vgg16 ones; configs write them in model.kwargs.
+MOVED_TO_KWARGS = ("min_size", "max_size", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train",
+                   "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                   "box_batch_size_per_image", "box_positive_fraction", "box_score_thresh", "box_detections_per_img")
+
+
 @dataclass
 class ModelConfig:
-    """The detector: the paper's Faster R-CNN VGG16 (and its tiny variants), or a torchvision detector by name."""
+    """The detector: the paper's Faster R-CNN VGG16 (and its tiny variants), or a torchvision detector by name;
+    either takes its model's further keywords in `kwargs`."""
 
-    arch: str = field("vgg16", help="vgg16 (the paper's Faster R-CNN VGG16; the settings below shape it), or a "
-                                    "torchvision builder: fasterrcnn_resnet50_fpn(_v2), fasterrcnn_mobilenet_v3_large"
+    MOVED_KEYS: ClassVar[dict[str, str]] = {key: f"kwargs.{key}" for key in MOVED_TO_KWARGS}
+
+    arch: str = field("vgg16", help="vgg16 (the paper's Faster R-CNN VGG16; the vgg16 settings below shape it), or "
+                                    "a torchvision builder: fasterrcnn_resnet50_fpn(_v2), fasterrcnn_mobilenet_v3_large"
                                     "(_320)_fpn, retinanet_resnet50_fpn(_v2), fcos_resnet50_fpn, ssd300_vgg16, "
                                     "ssdlite320_mobilenet_v3_large")
-    kwargs: dict[str, Any] = field(default_factory=dict,
-                                   help="further keywords for the builder and its model (min_size, "
-                                        "trainable_backbone_layers, box_score_thresh, ...)")
+    kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        help="further keywords for the model: for vgg16 those of torchvision's FasterRCNN (min_size and max_size, "
+             "by default py-faster-rcnn's 600 and 1000; rpn_batch_size_per_image, rpn_pre_nms_top_n_train, "
+             "box_batch_size_per_image, box_score_thresh, by default 0.0, which keeps every detection for AP; ...), "
+             "for a torchvision arch its builder's and its model's (min_size, trainable_backbone_layers, "
+             "box_score_thresh, ...)")
     pretrained: Literal["none", "coco"] | None = field(
         None, help="coco: start from torchvision's COCO-trained detector (its DEFAULT weights), with fresh "
                    "class-specific output layers for the data's classes; null/none: no detector weights")
-    width: float = field(1.0, help="backbone channel multiplier (1.0 = VGG16)", check=positive)
-    head_dim: int = field(4096, help="fc6/fc7 size (4096 = VGG16)", check=at_least(1))
-    head_dropout: float = field(0.5, help="dropout after fc6 and fc7", check=closed_interval(0.0, 0.95))
+    width: float = field(1.0, help="vgg16: backbone channel multiplier (1.0 = VGG16)", check=positive)
+    head_dim: int = field(4096, help="vgg16: fc6/fc7 size (4096 = VGG16)", check=at_least(1))
+    head_dropout: float = field(0.5, help="vgg16: dropout after fc6 and fc7", check=closed_interval(0.0, 0.95))
     norm: Literal["none", "batch", "group"] = field(
-        "none", help="norm layer after each backbone conv: none (VGG16), batch (vgg16_bn) or group (GroupNorm)")
-    roi_pool: Literal["align", "pool"] = field("align", help="RoIAlign (default) or the classic RoIPool, 7x7")
-    min_size: int = field(600, help="detector input: shorter side resized to this", check=at_least(16))
-    max_size: int = field(1000, help="detector input: longer side at most this", check=at_least(16))
-    anchor_sizes: list[int] = field(default_factory=lambda: [128, 256, 512], help="RPN anchor sizes in pixels")
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0], help="RPN anchor aspect ratios")
-    rpn_batch_size_per_image: int = field(256, help="RPN anchors sampled per image", check=at_least(1))
-    rpn_pre_nms_top_n_train: int = field(2000, help="RPN proposals before NMS (training)", check=at_least(1))
-    rpn_post_nms_top_n_train: int = field(2000, help="RPN proposals after NMS (training)", check=at_least(1))
-    rpn_pre_nms_top_n_test: int = field(1000, help="RPN proposals before NMS (testing)", check=at_least(1))
-    rpn_post_nms_top_n_test: int = field(1000, help="RPN proposals after NMS (testing)", check=at_least(1))
-    box_batch_size_per_image: int = field(512, help="RoIs sampled per image", check=at_least(1))
-    box_positive_fraction: float = field(0.25, help="share of foreground RoIs in each sampled batch",
-                                         check=open_interval(0.0, 1.0))
-    box_score_thresh: float = field(0.0, help="drop detections scoring below this", check=closed_interval(0, 1))
-    box_detections_per_img: int = field(100, help="detections kept per image", check=at_least(1))
-    init: Literal["xavier", "torchvision"] = field("xavier", help="weight initialisation")
+        "none", help="vgg16: norm layer after each backbone conv: none (VGG16), batch (vgg16_bn) or group "
+                     "(GroupNorm)")
+    roi_pool: Literal["align", "pool"] = field("align", help="vgg16: RoIAlign (default) or the classic RoIPool, 7x7")
+    anchor_sizes: list[int] = field(default_factory=lambda: [128, 256, 512], help="vgg16: RPN anchor sizes in pixels")
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0],
+                                       help="vgg16: RPN anchor aspect ratios")
+    init: Literal["xavier", "torchvision"] = field("xavier", help="vgg16: weight initialisation")
     pretrained_backbone: str | None = field(
         None, help="imagenet: torchvision's VGG16_Weights.IMAGENET1K_V1 (VGG16_BN_Weights for norm batch) "
                    "through its weights API and torch.hub's cache; null or none: train from scratch; or the "
@@ -135,10 +138,25 @@ class ModelConfig:
                                             "batch, or a local file")]
         if self.pretrained_backbone == "imagenet" and self.width != 1.0:
             return [("pretrained_backbone", f"ImageNet VGG16 weights need width 1.0, got {self.width}")]
+        return self._check_vgg16_kwargs()
+
+    def _check_vgg16_kwargs(self) -> list[tuple[str, str]]:
+        from colt_det.model import faster_rcnn_keywords  # torchvision is imported only once a detector is asked for
+
+        settings = {f.name for f in fields(self)}
+        allowed = faster_rcnn_keywords()
+        for key in self.kwargs:
+            if key in settings:
+                return [(f"kwargs.{key}", f"is a setting of its own; write it as model.{key}")]
+            if key == "num_classes":
+                return [(f"kwargs.{key}", "comes from the data's classes; leave it out of model.kwargs")]
+            if key not in allowed:
+                return [(f"kwargs.{key}", f"is not a keyword of torchvision's FasterRCNN; vgg16 takes "
+                                          f"{', '.join(sorted(allowed))}")]
         return []
 
     def _check_torchvision_arch(self) -> list[tuple[str, str]]:
-        from colt_det.detectors import FAMILIES
+        from colt_det.detectors import FAMILIES  # torchvision is imported only once a detector is asked for
 
         if self.arch not in FAMILIES:
             return [("arch", f"{self.arch!r} is not a supported detector; choose vgg16 or one of "
@@ -156,17 +174,10 @@ class ModelConfig:
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `build_vgg16_faster_rcnn` that shape the detector (one place, so every builder
         agrees); the pretrained weights are the task's (`colt_det.pretrained`)."""
-        return dict(
-            width=self.width, head_dim=self.head_dim, head_dropout=self.head_dropout, norm=self.norm,
-            roi_pool=self.roi_pool,
-            min_size=self.min_size, max_size=self.max_size, anchor_sizes=(tuple(self.anchor_sizes),),
-            aspect_ratios=(tuple(self.aspect_ratios),), rpn_batch_size_per_image=self.rpn_batch_size_per_image,
-            rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
-            rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
-            box_batch_size_per_image=self.box_batch_size_per_image,
-            box_positive_fraction=self.box_positive_fraction, box_score_thresh=self.box_score_thresh,
-            box_detections_per_img=self.box_detections_per_img, init=self.init, **self.kwargs)
+        return dict(width=self.width, head_dim=self.head_dim, head_dropout=self.head_dropout, norm=self.norm,
+                    roi_pool=self.roi_pool, anchor_sizes=(tuple(self.anchor_sizes),),
+                    aspect_ratios=(tuple(self.aspect_ratios),), init=self.init,
+                    **{**VGG16_DEFAULT_KWARGS, **self.kwargs})
 
     def architecture(self, num_classes: int = len(VOC_CLASSES) + 1) -> dict[str, Any]:
         """The JSON-able description stored in tickets (`num_classes` counts the background)."""
@@ -175,10 +186,24 @@ class ModelConfig:
 
 
 # ModelConfig settings that shape the VGG16 detector only; other archs take builder keywords (model.kwargs).
-_VGG16_ONLY = ("width", "head_dim", "head_dropout", "norm", "roi_pool", "min_size", "max_size", "anchor_sizes",
-               "aspect_ratios", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
-               "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_batch_size_per_image",
-               "box_positive_fraction", "box_score_thresh", "box_detections_per_img", "init")
+_VGG16_ONLY = ("width", "head_dim", "head_dropout", "norm", "roi_pool", "anchor_sizes", "aspect_ratios", "init")
+
+# torchvision's FasterRCNN drops detections scoring under 0.05; the vgg16 detector keeps them all unless
+# model.kwargs says otherwise, since VOC and COCO AP rank every detection.
+VGG16_DEFAULT_KWARGS: dict[str, Any] = {"box_score_thresh": 0.0}
+
+def current_architecture(architecture: Mapping[str, Any]) -> dict[str, Any]:
+    """A ticket's architecture in today's keys. Tickets written before the FasterRCNN keywords moved into
+    `kwargs` hold them beside the vgg16 settings: for vgg16 they move into `kwargs` (the same model is built),
+    for a torchvision arch they are dropped (they never reached its builder, and validation held them at
+    their defaults)."""
+    moved = {key: architecture[key] for key in MOVED_TO_KWARGS if key in architecture}
+    if not moved:
+        return dict(architecture)
+    current = {key: value for key, value in architecture.items() if key not in moved}
+    if current.get("arch", "vgg16") == "vgg16":
+        current["kwargs"] = {**moved, **(architecture.get("kwargs") or {})}
+    return current
 
 
 @dataclass

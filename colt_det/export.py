@@ -19,7 +19,7 @@ from torch import nn
 
 from colt_core.config import from_dict
 from colt_core.export import ExportError, ExportTarget, ExportView, export_onnx, run_onnx
-from colt_det.config import DETECTION_ARCHITECTURE, DetRunConfig, ModelConfig
+from colt_det.config import DETECTION_ARCHITECTURE, DetRunConfig, ModelConfig, current_architecture
 from colt_det.detectors import FAMILIES, VGG16, DetectorFamily, backbone_key, family, with_batch_counters
 from colt_det.detectors import build as build_torchvision
 from colt_det.model import build_vgg16_faster_rcnn
@@ -29,13 +29,14 @@ DETECTOR_STEM = "detector"
 ONNX_OUTPUTS = ("boxes", "labels", "scores")  # the order of torchvision's output dict
 
 
-def architecture_from_config(config: Mapping[str, Any], num_classes: int = len(VOC_CLASSES) + 1) -> dict[str, Any]:
-    """The ticket architecture of a detection run config (as the task writes it), validated; `num_classes`
-    counts the background.
+def architecture_from_config(config: Mapping[str, Any], num_classes: int | None = None) -> dict[str, Any]:
+    """The ticket architecture of a detection run config (as the task writes it), validated; `num_classes` is the
+    run's object classes (None: VOC's 20), and the architecture counts the background besides them.
 
     Raises ``ConfigError`` when ``config`` is not a detection run config.
     """
-    return from_dict(DetRunConfig, config).model.architecture(num_classes)
+    classes = len(VOC_CLASSES) if num_classes is None else num_classes
+    return from_dict(DetRunConfig, config).model.architecture(classes + 1)
 
 
 def build_detector(architecture: Mapping[str, Any]) -> nn.Module:
@@ -43,8 +44,10 @@ def build_detector(architecture: Mapping[str, Any]) -> nn.Module:
 
     The weights are loaded from the ticket or run afterwards, so the weights the run may have started from
     are not needed here (nor the machine they lived on). A torchvision detector is built as
-    `get_model(arch, weights=None, weights_backbone=None, num_classes=K, **model.kwargs)`.
+    `get_model(arch, weights=None, weights_backbone=None, num_classes=K, **model.kwargs)`. Older tickets, which
+    hold vgg16's FasterRCNN keywords beside its settings, build the same model (`current_architecture`).
     """
+    architecture = current_architecture(architecture)
     name = architecture.get("name")
     if name != DETECTION_ARCHITECTURE and name not in FAMILIES:
         raise ValueError(f"not a detection architecture: name {name!r} (expected {DETECTION_ARCHITECTURE!r} or a "
@@ -62,10 +65,6 @@ def build_detector(architecture: Mapping[str, Any]) -> nn.Module:
         return build_torchvision(m.arch, num_classes, kwargs=m.kwargs)
     # The same arguments as DetectionTask.build_model, so the parameter names and shapes match.
     return build_vgg16_faster_rcnn(num_classes, **m.build_kwargs())
-
-
-def is_detection_architecture(architecture: Mapping[str, Any]) -> bool:
-    return architecture.get("task") == "detection" or architecture.get("name") in (DETECTION_ARCHITECTURE, *FAMILIES)
 
 
 def architecture_family(architecture: Mapping[str, Any]) -> DetectorFamily:
@@ -89,7 +88,8 @@ def detection_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
     fam = architecture_family(architecture)
     detector = ExportView(stem=DETECTOR_STEM, description=f"the whole {architecture.get('name')} detector")
     common = dict(model=model, output_layers=tuple(fam.class_output_layers(model)),
-                  complete=partial(with_batch_counters, model))
+                  complete=partial(with_batch_counters, model), onnx=partial(detector_onnx, architecture=architecture),
+                  loading_hints=tuple(loading_hint(architecture)))
     if fam.backbone is None:
         return ExportTarget(**common, rename=detector.rename, stem=detector.stem, description=detector.description)
     return ExportTarget(**common, rename=partial(backbone_key, fam), stem=f"{fam.backbone}_backbone",
@@ -103,10 +103,9 @@ _BUILDER_SIDES = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320,
 
 def onnx_image_size(architecture: Mapping[str, Any]) -> int:
     """The example image side for tracing: the detector's own input size."""
-    if architecture.get("arch", "vgg16") == "vgg16":
-        size = architecture.get("min_size", 600)
-    else:
-        size = (architecture.get("kwargs") or {}).get("min_size", _BUILDER_SIDES.get(str(architecture["arch"]), 800))
+    arch = str(architecture.get("arch", "vgg16"))
+    kwargs = current_architecture(architecture).get("kwargs") or {}
+    size = kwargs.get("min_size", 600 if arch == "vgg16" else _BUILDER_SIDES.get(arch, 800))
     return int(max(size) if isinstance(size, (list, tuple)) else size)
 
 
@@ -208,3 +207,16 @@ def export_detector_onnx(model: nn.Module, path: str | Path, image_size: int,
     check = match_detections(dict(zip(ONNX_OUTPUTS, outputs, strict=True)), expected)
     check_detections(check, path)
     return path, check
+
+
+def detector_onnx(model: nn.Module, out_dir: Path, size: int | None, *,
+                  architecture: Mapping[str, Any]) -> tuple[Path, str | None]:
+    """The export target's ONNX hook: ``detector.onnx`` traced on an image of `size` (None: the detector's own input
+    size) and checked in onnxruntime; the file and a line of how its detections matched PyTorch's."""
+    path, check = export_detector_onnx(model, Path(out_dir) / f"{DETECTOR_STEM}.onnx",
+                                       size or onnx_image_size(architecture))
+    if check is None:
+        return path, None
+    return path, (f"onnxruntime: {check['matched']} of {check['detections']} detections matched to PyTorch's by "
+                  f"label, largest box difference {check['max_box_diff']:.2e} px, largest score difference "
+                  f"{check['max_score_diff']:.2e}")

@@ -27,6 +27,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, RoIPool
 
 BACKBONE_PREFIX = "backbone.body."
@@ -169,13 +170,17 @@ def _init_vgg_torchvision(backbone: VGG16Backbone, box_head: VGGBoxHead) -> None
         nn.init.zeros_(fc.bias)
 
 
-def _faster_rcnn_keywords() -> set[str]:
-    """Keyword arguments torchvision's FasterRCNN (and the transform it builds) really take."""
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+# FasterRCNN arguments build_vgg16_faster_rcnn makes itself: the VGG16 parts, and the class count it is given.
+_BUILT_HERE = {"self", "backbone", "num_classes", "kwargs", "rpn_anchor_generator", "rpn_head", "box_roi_pool",
+               "box_head", "box_predictor"}
 
+
+def faster_rcnn_keywords() -> set[str]:
+    """The keywords of torchvision's FasterRCNN (and the transform it builds) that `build_vgg16_faster_rcnn`
+    passes on: every one but the parts it builds itself."""
     names = set(inspect.signature(FasterRCNN.__init__).parameters) | set(
         inspect.signature(GeneralizedRCNNTransform.__init__).parameters)
-    return names - {"self", "backbone", "num_classes", "kwargs"}
+    return names - _BUILT_HERE
 
 
 def build_vgg16_faster_rcnn(
@@ -219,10 +224,10 @@ def build_vgg16_faster_rcnn(
         raise ValueError(f"roi_pool must be one of {ROI_POOL_KINDS}, got {roi_pool!r}")
     if init not in INIT_KINDS:
         raise ValueError(f"init must be one of {INIT_KINDS}, got {init!r}")
-    unknown = sorted(set(faster_rcnn_kwargs) - _faster_rcnn_keywords())
+    unknown = sorted(set(faster_rcnn_kwargs) - faster_rcnn_keywords())
     if unknown:  # torchvision passes leftover keywords to its transform, which ignores them silently
         raise TypeError(f"build_vgg16_faster_rcnn got unexpected keyword(s) {unknown}; it takes the keywords of "
-                        "torchvision's FasterRCNN and GeneralizedRCNNTransform")
+                        "torchvision's FasterRCNN and GeneralizedRCNNTransform, less the parts it builds itself")
     anchor_sizes = tuple(tuple(int(s) for s in level) for level in anchor_sizes)
     aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
     if len(anchor_sizes) != 1 or len(aspect_ratios) != 1:

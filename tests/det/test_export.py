@@ -16,7 +16,6 @@ from colt_core.export import (
     compare_outputs,
     export_run,
     load_sparse,
-    load_sparse_mask,
 )
 from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from colt_core.prune.masks import MaskKeeper
@@ -47,8 +46,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def backbone_key(name: str) -> str | None:
     return family_backbone_key(VGG16, name)
-TINY_MODEL = {"width": 0.0625, "head_dim": 16, "head_dropout": 0.0, "min_size": 64, "max_size": 64,
-              "anchor_sizes": [16, 32]}
+TINY_MODEL = {"width": 0.0625, "head_dim": 16, "head_dropout": 0.0, "anchor_sizes": [16, 32],
+              "kwargs": {"min_size": 64, "max_size": 64}}
 
 
 def tool(name: str):
@@ -122,7 +121,7 @@ class FakeDetectionTask:
 class PerturbingTrainer:
     """Stands in for the engine's trainer: "training" is a seeded weight perturbation under the mask."""
 
-    device, amp = torch.device("cpu"), FULL
+    device, amp, loader = torch.device("cpu"), FULL, None  # the fake task's evaluation reads no test set
 
     def train(self, job: TrainJob) -> TrainOutput:
         gen = torch.Generator().manual_seed(job.seed % 2**31)
@@ -173,10 +172,12 @@ def test_export_tool_writes_backbone_sparse_file_ticket_and_table(detection_runs
     assert all(torch.equal(dense[k], expected[k]) for k in expected)
     sparse = load_sparse(tmp_path / "final" / "vgg16_backbone.sparse.pt")
     assert all(torch.equal(sparse[k], dense[k]) for k in dense)
-    masks = load_sparse_mask(tmp_path / "final" / "vgg16_backbone.sparse.pt")
+    # The sparse file keeps the ticket's positions: one value per survivor (θ0 has no zeros to hide one).
+    records = torch.load(tmp_path / "final" / "vgg16_backbone.sparse.pt", weights_only=True)["tensors"]
     backbone_masks = {backbone_key(n): m for n, m in ticket.mask.items() if backbone_key(n)}
-    assert set(masks) == set(backbone_masks)
-    assert all(torch.equal(masks[k], backbone_masks[k]) for k in masks)
+    assert {k for k, record in records.items() if record["encoding"] != "dense"} == set(backbone_masks)
+    assert all(records[k]["values"].numel() == int(m.sum()) and torch.equal(dense[k] != 0, m)
+               for k, m in backbone_masks.items())
     exported_ticket = load_ticket(tmp_path / "final" / "ticket.pt", build_detector(ticket.architecture))
     assert exported_ticket.architecture == ticket.architecture
     stored = read_json(tmp_path / "final" / "sparsity.json")
@@ -277,8 +278,10 @@ def test_onnx_detections_are_matched_as_detections_not_compared_in_order():
 def test_onnx_export_of_a_detector_with_tied_scores_passes_the_check(tmp_path):
     torch.manual_seed(0)
     # Few proposals and a high cap: every detection is kept, so both lists hold the same ones.
-    model = build_detector({**architecture_from_config(to_dict(DetRunConfig(model=ModelConfig(**TINY_MODEL)))),
-                            "box_score_thresh": 0.01, "rpn_post_nms_top_n_test": 8, "box_detections_per_img": 400})
+    fast = {**TINY_MODEL["kwargs"], "box_score_thresh": 0.01, "rpn_post_nms_top_n_test": 8,
+            "box_detections_per_img": 400}
+    config = DetRunConfig(model=ModelConfig(**{**TINY_MODEL, "kwargs": fast}))
+    model = build_detector(architecture_from_config(to_dict(config)))
     predictor = model.roi_heads.box_predictor
     with torch.no_grad():  # every class scores 1/21 and every box is its proposal: ties everywhere
         for layer in (predictor.cls_score, predictor.bbox_pred):

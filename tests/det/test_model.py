@@ -223,7 +223,8 @@ def test_the_config_architecture_rebuilds_the_same_detector():
     from colt_det.config import ModelConfig
     from colt_det.export import build_detector
 
-    cfg = ModelConfig(width=0.0625, head_dim=32, roi_pool="pool", head_dropout=0.25, min_size=64, max_size=64)
+    cfg = ModelConfig(width=0.0625, head_dim=32, roi_pool="pool", head_dropout=0.25,
+                      kwargs={"min_size": 64, "max_size": 64})
     architecture = json.loads(json.dumps(cfg.architecture()))
     assert (architecture["name"], architecture["task"], architecture["num_classes"]) == (
         "fasterrcnn_vgg16", "detection", 21)

@@ -66,7 +66,7 @@ def test_imagenet_comes_from_the_cache_and_theta0_holds_it_exactly(norm, torch_h
     state = cache_state(norm)
     assert cache_file(imagenet_weights(norm)).name == {"none": "vgg16-397923af.pth",
                                                        "batch": "vgg16_bn-6c64b313.pth"}[norm]
-    model_cfg = ModelConfig(norm=norm, pretrained_backbone="imagenet", min_size=64, max_size=64, **FAST)
+    model_cfg = ModelConfig(norm=norm, pretrained_backbone="imagenet", kwargs=dict(min_size=64, max_size=64, **FAST))
     cfg = DetRunConfig(data=DataConfig(root=str(synthetic_voc), train_sets="2007:trainval", num_workers=0),
                        model=model_cfg)
     task = DetectionTask(cfg)
@@ -90,8 +90,8 @@ def test_imagenet_comes_from_the_cache_and_theta0_holds_it_exactly(norm, torch_h
 def run_tool(tmp_path: Path, *extra: str):
     args = ["--cfg", "voc_synth_tiny.yaml", "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'voc'}"]
     for item in ["data.synthetic.n_trainval=12", "data.synthetic.n_test=4", "data.synthetic.image_size=64",
-                 "data.val_fraction=0.25", "model.width=0.0625", "model.head_dim=16", "model.min_size=64",
-                 "model.max_size=64", "augment.size=64", "train.epochs=1", "train.batch_size=4",
+                 "data.val_fraction=0.25", "model.width=0.0625", "model.head_dim=16", "model.kwargs.min_size=64",
+                 "model.kwargs.max_size=64", "augment.size=64", "train.epochs=1", "train.batch_size=4",
                  "train.progress=false", "eval.coco=false", "prune.max_rounds=1", "prune.evaluate=none", *extra]:
         args += [item] if item.startswith("--") else ["--set", item]
     return CliRunner().invoke(train_colt_det.main, args)
@@ -194,7 +194,8 @@ def test_keep_ratio_leaves_resizing_to_the_detector(synthetic_voc):
     cfg = from_dict(DetRunConfig, {"data": {"root": str(synthetic_voc), "train_sets": "2007:trainval",
                                             "num_workers": 0},
                                    "augment": {"resize": "keep_ratio", "size": 32, "hflip": 1.0},
-                                   "model": {"width": 0.0625, "head_dim": 16, "min_size": 48, "max_size": 80}})
+                                   "model": {"width": 0.0625, "head_dim": 16,
+                                             "kwargs": {"min_size": 48, "max_size": 80}}})
     assert cfg.augment.input_size is None and to_dict(cfg)["augment"]["resize"] == "keep_ratio"
     task = DetectionTask(cfg)
     train, _ = task.datasets(None)
@@ -208,4 +209,4 @@ def test_keep_ratio_leaves_resizing_to_the_detector(synthetic_voc):
     with torch.no_grad():
         out = model([image])[0]
     assert out["boxes"].numel() == 0 or float(out["boxes"][:, 2].max()) <= record.width  # in this image's frame
-    assert json.loads(json.dumps(task.architecture()))["min_size"] == 48
+    assert json.loads(json.dumps(task.architecture()))["kwargs"]["min_size"] == 48

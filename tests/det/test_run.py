@@ -21,9 +21,9 @@ from colt_det.voc import VOC_CLASSES  # noqa: E402
 
 TINY = [
     "data.synthetic.n_trainval=24", "data.synthetic.n_test=8", "data.synthetic.image_size=64",
-    "data.val_fraction=0.25", "model.width=0.0625", "model.head_dim=16", "model.min_size=64", "model.max_size=64",
-    "augment.size=64", "train.epochs=1", "train.batch_size=4", "train.progress=false", "eval.coco=true",
-    "prune.max_rounds=2", "prune.target_sparsity=0.95", "prune.evaluate=all",
+    "data.val_fraction=0.25", "model.width=0.0625", "model.head_dim=16", "model.kwargs.min_size=64",
+    "model.kwargs.max_size=64", "augment.size=64", "train.epochs=1", "train.batch_size=4", "train.progress=false",
+    "eval.coco=true", "prune.max_rounds=2", "prune.target_sparsity=0.95", "prune.evaluate=all",
 ]
 
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import train_colt_det  # noqa: E402
 
 SIXTEEN = ["data.synthetic.n_trainval=16", "data.synthetic.n_test=4", "data.synthetic.image_size=64",
-           "data.val_fraction=0.1", "model.width=0.0625", "model.head_dim=16", "model.min_size=64",
-           "model.max_size=64", "augment.size=64", "train.epochs=1", "train.batch_size=4", "train.progress=false",
-           "eval.coco=false", "prune.max_rounds=1", "prune.evaluate=none"]
+           "data.val_fraction=0.1", "model.width=0.0625", "model.head_dim=16", "model.kwargs.min_size=64",
+           "model.kwargs.max_size=64", "augment.size=64", "train.epochs=1", "train.batch_size=4",
+           "train.progress=false", "eval.coco=false", "prune.max_rounds=1", "prune.evaluate=none"]
 
 
 def classes(record) -> set[int]:
