@@ -224,7 +224,7 @@ def test_seeds_run_one_after_another_into_their_own_folders_and_resume(
         {k: v for k, v in configs[1].items() if k not in ("seed", "output_dir")}
     masks = [torch.load(out / f"seed_{k}" / "ticket.pt", weights_only=True)["mask"] for k in (0, 1)]
     assert any(not torch.equal(masks[0][k], masks[1][k]) for k in masks[0])  # other seeds, other tickets
-    assert f"compare them (with another method's seeds too) with: python tools/compare_runs.py {out}/seed_*" \
+    assert f"compare them (with another method's seeds too) with: colt compare {out}/seed_*" \
         in result.output
     assert_one_line_error(invoke(train_tool, "--cfg", cfg, "--seeds", "0,1"), "seed_0 already holds a run")
     ticket = (out / "seed_1" / "ticket.pt").read_bytes()
