@@ -108,6 +108,24 @@ class PruneGroupSpec:
 
 
 @dataclass
+class EarlyBirdConfig:
+    """Stop a search training once the mask it would prune stops changing (You et al., "Drawing Early-Bird
+    Tickets", ICLR 2020)."""
+
+    distance: float = field(0.1, help="stop when the would-be mask differs from each of the last `window` ones on "
+                                      "less than this share of the weights the round prunes from",
+                            check=open_interval(0.0, 1.0))
+    window: int = field(5, help="how many earlier checks' masks the newest is compared with", check=at_least(1))
+    check: Literal["epoch"] | int = field(
+        "epoch", help="when to check: epoch (after each epoch) or every this many optimizer steps")
+
+    def validate(self) -> list[tuple[str, str]]:
+        if not isinstance(self.check, str) and self.check < 1:
+            return [("check", f"must be epoch or a number of optimizer steps >= 1, got {self.check}")]
+        return []
+
+
+@dataclass
 class PruneConfig:
     """How tickets are found: COLT-N or LTH, per-group rates, when to stop, what to evaluate."""
 
@@ -136,10 +154,25 @@ class PruneConfig:
     evaluate: Literal["first_last", "final", "all", "none"] = field(
         "first_last",
         help="which tickets to train on the full data and evaluate: dense+final, final, every round, none")
+    evaluate_levels: list[float] = field(
+        default_factory=list, help="also evaluate the first round whose sparsity reaches each of these levels, "
+                                   "e.g. [0.79, 0.9] (besides what `evaluate` asks for)")
     controls: list[str] = field(
         default_factory=list, help="controls trained and evaluated beside every evaluated sparse ticket: "
                                    "random_prune (a random mask with the ticket's per-layer counts, from the "
                                    "ticket's start weights), random_reinit (the ticket's mask on a fresh init)")
+    early_bird: EarlyBirdConfig | None = field(
+        None, help="stop each search training (a COLT partition, an LTH round; never a ticket evaluation or a "
+                   "control) once its would-be mask has settled, and prune from the weights at that moment; "
+                   "null: train every epoch")
+    partition_steps: Literal["epochs", "full_data"] = field(
+        "epochs", help="how long a COLT partition trains: epochs (train.epochs over its own data, the paper's: "
+                       "fewer optimizer steps than a full-data training) or full_data (as many optimizer steps as "
+                       "train.epochs over the full data, its epochs scaled up)")
+    score: Literal["magnitude", "magnitude_increase"] = field(
+        "magnitude", help="what a trained model's weights are ranked by: magnitude |w| (the paper's), or "
+                          "magnitude_increase |w| - |w0| (Zhou et al. 2019: how much training grew a weight, "
+                          "which ranks weights that stayed near their start apart from their start)")
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -147,6 +180,8 @@ class PruneConfig:
             check = open_interval(0.0, 1.0)(rate)
             if check:
                 problems.append((f"rates.{name}", check))
+        if any(not 0.0 < level < 1.0 for level in self.evaluate_levels):
+            problems.append(("evaluate_levels", f"must be sparsities in (0, 1), got {self.evaluate_levels}"))
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown or len(set(self.controls)) != len(self.controls):
             problems.append(("controls", f"must be distinct names from {', '.join(CONTROLS)}, got {self.controls}"))

@@ -120,18 +120,20 @@ def magnitude_prune(
     groups: Sequence[PruneGroup],
     *,
     on_layer_collapse: str = "error",
+    reference: Mapping[str, torch.Tensor] | None = None,
 ) -> Mask:
-    """Prune exactly round(rate × alive) surviving weights per group, smallest |w| across the group.
+    """Prune exactly round(rate × alive) surviving weights per group, smallest |w| across the group (with
+    `reference`, the weights a training started from: smallest |w| - |w_reference|, the magnitude increase).
 
     Ties at the threshold are broken by position (layer order, then flat index): the earlier ones are
     pruned, so the result is deterministic. One k-th value selection per group: no sort, no Python
-    loop over elements.
+    loop over elements. `on_layer_collapse`: error, warn, or ignore (a would-be mask that is never applied).
     """
     new_mask: Mask = dict(mask)  # every pruned layer gets a new tensor; the caller's mask is never modified
     for group in groups:
         if not group.params:
             continue
-        scores = _group_scores(weights, mask, group.params)
+        scores = _group_scores(weights, mask, group.params, reference)
         alive = sum(int(torch.count_nonzero(mask[n])) for n in group.params)
         k = prune_count(group.rate, alive)
         if k == 0:
@@ -153,7 +155,7 @@ def magnitude_prune(
                 new_mask[n].view(-1)[local] = True
                 offset += numel
     collapsed = [n for g in groups for n in g.params if not bool(new_mask[n].any())]
-    if collapsed:
+    if collapsed and on_layer_collapse != "ignore":
         message = (f"layer collapse: pruning removed every weight of {collapsed}; lower the group's "
                    "rate or stop at a lower target sparsity")
         if on_layer_collapse == "error":
@@ -163,8 +165,9 @@ def magnitude_prune(
 
 
 def _group_scores(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
-                  names: Sequence[str]) -> torch.Tensor:
-    """|w| of a group's weights in one flat float32 vector; dead weights score +inf."""
+                  names: Sequence[str], reference: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """|w| (minus |w_reference| when given) of a group's weights in one flat float32 vector; dead weights
+    score +inf."""
     total = sum(mask[n].numel() for n in names)
     scores = torch.empty(total, dtype=torch.float32)
     offset = 0
@@ -174,6 +177,8 @@ def _group_scores(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.
             raise ValueError(f"{n}: weight shape {tuple(w.shape)} differs from mask shape {tuple(m.shape)}")
         out = scores[offset:offset + m.numel()]
         torch.abs(w.detach().reshape(-1).to("cpu", torch.float32), out=out)
+        if reference is not None:
+            out.sub_(reference[n].detach().reshape(-1).to("cpu", torch.float32).abs())
         # A sum is one cheap pass; only when it is not finite is the exact (allocating) check needed.
         if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
             raise ValueError(f"{n} holds NaN or infinite weights: the training diverged (lower the learning rate)")

@@ -41,6 +41,7 @@ from colt_core.rundir import (
 )
 from colt_core.runtime import derive_seed, seed_everything
 from colt_core.settings import PruneConfig, SplitConfig
+from colt_core.train.early_bird import EarlyBird
 from colt_core.train.task import Task, TrainJob, TrainOutput
 from colt_core.train.trainer import Trainer
 
@@ -142,6 +143,7 @@ class RoundLoop:
         self.on_update = on_update
         self.output_layers = list(prune.output_layers or task.output_layers)
         self.num_classes = len(task.class_names)
+        self.groups: list[PruneGroup] = []  # the prune groups of the task's model, resolved when the run starts
 
     # ----- setup -------------------------------------------------------------------------------
     def _split(self) -> list[list[int]]:
@@ -208,6 +210,12 @@ class RoundLoop:
         rewind_iteration = self.prune.rewind_iteration if r == 0 and self.method.full_data else 0
         job = self._job(r, i, self.method.job_classes(class_ids), model, mask, derive_seed(self.seed, "train", r, i),
                         ctx, rewind_iteration)
+        job.full_data_steps = self.prune.partition_steps == "full_data" and not self.method.full_data
+        if self.prune.early_bird is not None:
+            def would_prune(weights: Mapping[str, torch.Tensor]) -> Mask:
+                return self._prune(weights, mask, start, "ignore")  # a would-be mask: a collapse is the round's
+
+            job.early_bird = EarlyBird(self.prune.early_bird, would_prune, mask)
         t0 = time.perf_counter()
         out = self.trainer.train(job)
         result = PartitionResult(classes=list(class_ids), training=out.record, wall_time_s=time.perf_counter() - t0)
@@ -317,15 +325,24 @@ class RoundLoop:
         if record.sparsity > 0:
             record.controls = {name: self._control(r, name, start, mask) for name in self.prune.controls}
 
-    def _next_mask(self, trained: list[State], mask: Mask, groups: list[PruneGroup]) -> Mask:
-        """Prune each partition's trained weights under the current mask and intersect the results."""
-        pruned = per_layer(groups) if self.prune.scope == "layer" else groups
-        masks = [magnitude_prune(state, mask, pruned, on_layer_collapse=self.prune.on_layer_collapse)
-                 for state in trained]
-        return intersect_masks(masks)
+    def _prune(self, weights: Mapping[str, torch.Tensor], mask: Mask, start: State,
+               on_layer_collapse: str | None = None) -> Mask:
+        """The mask one trained model gives: its weights pruned under `mask` as prune.scope and prune.score say
+        (magnitude_increase ranks by |w| - |w_start|, `start` being where the training began)."""
+        pruned = per_layer(self.groups) if self.prune.scope == "layer" else self.groups
+        reference = start if self.prune.score == "magnitude_increase" else None
+        return magnitude_prune(weights, mask, pruned, reference=reference,
+                               on_layer_collapse=on_layer_collapse or self.prune.on_layer_collapse)
 
-    def _wants_eval(self, r: int, final: bool) -> bool:
+    def _next_mask(self, trained: list[State], mask: Mask, start: State) -> Mask:
+        """Prune each partition's trained weights under the current mask and intersect the results."""
+        return intersect_masks([self._prune(state, mask, start) for state in trained])
+
+    def _wants_eval(self, r: int, final: bool, reached: tuple[float, float] = (0.0, 0.0)) -> bool:
+        """Whether round `r`'s ticket is evaluated; `reached` is (the previous round's sparsity, this round's)."""
         mode = self.prune.evaluate
+        if any(reached[0] < level <= reached[1] for level in self.prune.evaluate_levels):
+            return True
         return mode == "all" or (mode in ("final", "first_last") and final) or (mode == "first_last" and r == 0)
 
     # ----- the loop ----------------------------------------------------------------------------
@@ -342,6 +359,7 @@ class RoundLoop:
         init = self.ranks.on_main(self.store.init_weights, self._draw_init)
         start = init  # where every training rewinds to: θ0, or once round 0 has run, the late-rewinding point
         groups, total_params, mask = self._prune_groups()
+        self.groups = groups
         n = len(class_groups)
         self.ranks.assign(n)
         summary = RunSummary(self.prune.method, self.prune.n_partitions)
@@ -349,6 +367,7 @@ class RoundLoop:
         while True:
             mask = self.ranks.on_main(self.store.round_mask, r, mask)  # a resumed run's stored mask wins
             record = self._open_round(r, mask, groups, total_params)
+            reached = (summary.rounds[-1].sparsity if summary.rounds else 0.0, record.sparsity)
             if record.sparsity >= self.prune.target_sparsity or r >= self.prune.max_rounds:
                 if self._wants_eval(r, final=True):
                     self._evaluate_with_controls(record, start, mask)
@@ -361,12 +380,16 @@ class RoundLoop:
             if self.ranks.is_main:
                 log.info("round %d: sparsity %.2f%%, training %d partition(s)", r, 100 * record.sparsity, n)
             trained, record.partitions = self._train_round(r, class_groups, start, mask)
-            if self._wants_eval(r, final=False):
-                self._evaluate_with_controls(record, init if r == 0 else start, mask, reuse=self.method.full_data,
+            if self._wants_eval(r, final=False, reached=reached):
+                # LTH's round trains the full data under this very mask: the ticket's evaluation, unless it
+                # stopped early (an early-bird search training), when the ticket gets a full training of its own.
+                reuse = self.method.full_data and not any(p.training.stopped_early for p in record.partitions)
+                self._evaluate_with_controls(record, init if r == 0 else start, mask, reuse=reuse,
                                              trained=trained[0] if trained else None)
+            searched_from = start
             if r == 0 and self.method.rewinds_late and self.method.full_data:
                 start = self.ranks.on_main(self._rewind_point)  # LTH's: its own round 0
-            mask = self.ranks.on_main(self._next_mask, trained, mask, groups)
+            mask = self.ranks.on_main(self._next_mask, trained, mask, searched_from)
             self._close_round(summary, record)
             r += 1
         architecture = ticket_architecture(self.task, self.config_dict.get("task"))

@@ -24,18 +24,29 @@ class TrainingRecord:
     val_metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"accuracy": ...} of the best epoch
     history: list[dict[str, float]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    early_bird: dict[str, Any] | None = None  # an early-bird training: whether and where it stopped, its trace
+    epochs: int | None = None  # epochs it was set to run when not train.epochs (prune.partition_steps: full_data)
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.early_bird and self.early_bird.get("stopped"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
-                **{f"val_{k}": v for k, v in self.val_metrics.items()}, "history": self.history,
-                "data": self.data}
+        out = {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
+               **{f"val_{k}": v for k, v in self.val_metrics.items()}, "history": self.history, "data": self.data}
+        if self.early_bird is not None:
+            out["early_bird"] = self.early_bird
+        if self.epochs is not None:
+            out["epochs"] = self.epochs
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainingRecord:
         reserved = {"best_val_loss", "best_epoch", "history", "data", "wall_time_s", "classes"}
         val = {k.removeprefix("val_"): v for k, v in d.items() if k.startswith("val_") and k not in reserved}
         return cls(best_epoch=int(d.get("best_epoch", -1)), best_val_loss=float(d.get("best_val_loss", "nan")),
-                   val_metrics=val, history=list(d.get("history", [])), data=dict(d.get("data", {})))
+                   val_metrics=val, history=list(d.get("history", [])), data=dict(d.get("data", {})),
+                   early_bird=d.get("early_bird"), epochs=d.get("epochs"))
 
 
 @dataclass

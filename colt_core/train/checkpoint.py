@@ -4,7 +4,7 @@ The checkpoint is a plain dict, written atomically after every epoch: ``format``
 training runs with; a checkpoint of other settings is refused rather than silently mixed), ``epoch`` (the last
 one finished), the state_dicts of ``model``, ``optimizer``, ``scheduler`` and ``scaler``, and the
 `TrainingState`: ``best_state``, ``best_val_loss``, ``best_epoch``, ``best_val_metrics``, ``history`` and
-``rewind_state``.
+``rewind_state`` (and ``early_bird``, the window and trace of an early-bird training).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class TrainingState:
     best_val_metrics: dict[str, float] = field(default_factory=dict)  # the best epoch's other validation terms
     history: list[dict[str, float]] = field(default_factory=list)
     rewind_state: dict[str, torch.Tensor] | None = None
+    early_bird: dict[str, Any] | None = None  # an early-bird training's window and trace (EarlyBird.state_dict)
 
     def end_epoch(self, epoch: int, stats: Mapping[str, float], validation: Mapping[str, float],
                   model: nn.Module) -> dict[str, float]:
@@ -73,6 +74,11 @@ class TrainingState:
         self.history.append(entry)
         self.next_epoch = epoch + 1
         return entry
+
+    def select(self, epoch: int, validation: Mapping[str, float], model: nn.Module) -> None:
+        """Select `model`'s weights as they are now, after `epoch` (an early-bird stop), whatever their loss."""
+        self.best_val_loss, self.best_epoch, self.best_state = float(validation["loss"]), epoch, snapshot(model)
+        self.best_val_metrics = {k: float(v) for k, v in validation.items() if k != "loss"}
 
 
 def _plain(value: Any) -> Any:
@@ -151,7 +157,7 @@ def resume_training(path: Path, settings: dict[str, Any], *, model: nn.Module, o
     state = TrainingState(next_epoch=ckpt["epoch"] + 1, best_state=ckpt["best_state"],
                           best_val_loss=ckpt["best_val_loss"], best_epoch=ckpt["best_epoch"],
                           best_val_metrics=ckpt.get("best_val_metrics", {}), history=ckpt["history"],
-                          rewind_state=ckpt["rewind_state"])
+                          rewind_state=ckpt["rewind_state"], early_bird=ckpt.get("early_bird"))
     keeper.zero_optimizer_state()
     log.info("resuming training from %s at epoch %d of %d", path, state.next_epoch, settings["epochs"])
     return state
@@ -161,9 +167,12 @@ def save_checkpoint(path: Path, settings: dict[str, Any], state: TrainingState, 
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     scaler: torch.amp.GradScaler | None) -> None:
     """Write the checkpoint of a training that has finished epoch `state.next_epoch - 1`, atomically."""
-    atomic_save({"format": CHECKPOINT_FORMAT, "settings": settings, "epoch": state.next_epoch - 1,
-                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                 "best_state": state.best_state, "best_val_loss": state.best_val_loss,
-                 "best_epoch": state.best_epoch, "best_val_metrics": state.best_val_metrics,
-                 "history": state.history, "rewind_state": state.rewind_state}, path)
+    checkpoint = {"format": CHECKPOINT_FORMAT, "settings": settings, "epoch": state.next_epoch - 1,
+                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                  "best_state": state.best_state, "best_val_loss": state.best_val_loss,
+                  "best_epoch": state.best_epoch, "best_val_metrics": state.best_val_metrics,
+                  "history": state.history, "rewind_state": state.rewind_state}
+    if state.early_bird is not None:
+        checkpoint["early_bird"] = state.early_bird
+    atomic_save(checkpoint, path)

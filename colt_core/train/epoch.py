@@ -18,6 +18,7 @@ from colt_core.distributed import DistContext, all_reduce_sums
 from colt_core.errors import TrainingDivergedError, UserError
 from colt_core.prune.masks import MaskKeeper
 from colt_core.runtime import progress_bar
+from colt_core.train.early_bird import EarlyBird
 from colt_core.train.late_rewind import LateRewind
 from colt_core.train.loaders import batch_size, to_device
 from colt_core.train.speed import FULL, Precision
@@ -48,13 +49,16 @@ def train_one_epoch(net: nn.Module, task: Task, loader: DataLoader, optimizer: t
                     device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler, keeper: MaskKeeper,
                     precision: Precision = FULL, scaler: torch.amp.GradScaler | None = None,
                     grad_clip: float | None = None, late_rewind: LateRewind | None = None,
-                    writer: SummaryWriter | None = None, progress: bool = False,
+                    writer: SummaryWriter | None = None, early_bird: EarlyBird | None = None,
+                    model: nn.Module | None = None, epoch: int = 0, progress: bool = False,
                     desc: str = "train") -> dict[str, float]:
     """One pass over `loader` under a mask; the mean of the loss and of every logged term, per sample.
 
     The scheduler steps once per optimizer step. `late_rewind` takes its snapshot at its step, and `writer`
-    gets the training losses and lr every `LOG_EVERY` steps.
+    gets the training losses and lr every `LOG_EVERY` steps. An `early_bird` that checks every k steps
+    checks `model` (the unwrapped `net`) after every k-th and ends the epoch early when it says stop.
     """
+    every = early_bird.every_steps if early_bird is not None else None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     seen = steps = 0
@@ -91,6 +95,9 @@ def train_one_epoch(net: nn.Module, task: Task, loader: DataLoader, optimizer: t
             sums[key] = sums.get(key, 0.0) + value * n
         seen += n
         steps += 1
+        taken = scheduler.last_epoch  # optimizer steps of the whole training so far
+        if every is not None and taken % every == 0 and early_bird.check(model or net, step=taken, epoch=epoch):
+            break
     if seen == 0:
         raise PartitionTooSmallError(f"{desc}: the training data loader yielded no batches; use more data or a "
                                      "smaller train.batch_size")

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from colt_core.distributed import DistContext
 from colt_core.prune.masks import Mask
 from colt_core.rundir import TrainingDir, TrainingRecord
+from colt_core.train.early_bird import EarlyBird
 from colt_core.train.speed import FULL, Precision
 
 
@@ -49,6 +50,8 @@ class TrainJob:
     amp: Precision = FULL  # mixed precision on `device` (its `autocast(device)` for the task's evaluation)
     label: str | None = None  # what a full-data training is when it is not the ticket's (e.g. a control)
     make_loader: LoaderFactory | None = None  # the engine's evaluation loaders (Trainer.loader); set by Trainer.train
+    early_bird: EarlyBird | None = None  # a search training that stops once its would-be mask settles
+    full_data_steps: bool = False  # train as many optimizer steps as train.epochs over the full data would take
 
     @property
     def tag(self) -> str:

@@ -10,6 +10,7 @@ checkpoint (`colt_core.train.checkpoint`, removed once the training is done), lo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from colt_core.config import ConfigError
+from colt_core.config import ConfigError, to_dict
 from colt_core.distributed import (
     broadcast_buffers,
     check_same_across_ranks,
@@ -61,6 +62,7 @@ class _Training:
     train_loader: DataLoader
     shuffling: torch.Generator | None  # the training loader's own generator (None under a distributed sampler)
     val_loader: DataLoader
+    epochs: int  # train.epochs, or scaled to the full data's optimizer steps (TrainJob.full_data_steps)
 
 
 class Trainer:
@@ -110,11 +112,12 @@ class Trainer:
             atomic_write_json(data, job.files.data)
         log.info("%s: %d training and %d validation samples", job.tag, len(train_ds), len(val_ds))  # type: ignore[arg-type]
         run = self._build(job, train_ds, val_ds)
-        settings = training_settings(epochs=cfg.epochs, seed=job.seed, optimizer=run.optimizer,
-                                     scheduler=run.scheduler, scaler=run.scaler,
-                                     extra={"iterations_per_epoch": len(run.train_loader),
-                                            "batch_size": cfg.batch_size, "rewind_iteration": job.rewind_iteration,
-                                            "data": data})
+        extra = {"iterations_per_epoch": len(run.train_loader), "batch_size": cfg.batch_size,
+                 "rewind_iteration": job.rewind_iteration, "data": data}
+        if job.early_bird is not None:
+            extra["early_bird"] = to_dict(job.early_bird.settings)
+        settings = training_settings(epochs=run.epochs, seed=job.seed, optimizer=run.optimizer,
+                                     scheduler=run.scheduler, scaler=run.scaler, extra=extra)
         writer = self._writer(job.tag) if writes else None
         try:
             state, best = self._run_epochs(job, run, settings, writer, writes=writes)
@@ -124,35 +127,48 @@ class Trainer:
         if writes:
             job.files.checkpoint.unlink(missing_ok=True)
         record = TrainingRecord(best_epoch=state.best_epoch, best_val_loss=state.best_val_loss,
-                                val_metrics=state.best_val_metrics, history=state.history, data=data)
+                                val_metrics=state.best_val_metrics, history=state.history, data=data,
+                                epochs=run.epochs if run.epochs != cfg.epochs else None)
+        if job.early_bird is not None:
+            record.early_bird = job.early_bird.record(epochs=run.epochs, steps_per_epoch=len(run.train_loader))
         return TrainOutput(best, record, state.rewind_state)
 
     def _run_epochs(self, job: TrainJob, run: _Training, settings: dict[str, Any], writer: SummaryWriter | None, *,
                     writes: bool) -> tuple[TrainingState, dict[str, torch.Tensor]]:
-        """The epoch loop, from the checkpoint's epoch when there is one; the state and the best weights, which
-        `run.model` ends holding. `writes`: this rank writes the checkpoint."""
-        cfg, ctx, checkpoint = self.cfg, job.dist, job.files.checkpoint
+        """The epoch loop, from the checkpoint's epoch when there is one; the state and the selected weights, which
+        `run.model` ends holding: the lowest validation loss's, or the weights at an early-bird stop. `writes`:
+        this rank writes the checkpoint."""
+        cfg, ctx, checkpoint, early_bird = self.cfg, job.dist, job.files.checkpoint, job.early_bird
         state = resume_training(checkpoint, settings, model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, scaler=run.scaler, keeper=run.keeper, dist=ctx)
-        for epoch in range(state.next_epoch, cfg.epochs):
+        if early_bird is not None and state.early_bird is not None:
+            early_bird.load_state_dict(state.early_bird)
+        for epoch in range(state.next_epoch, run.epochs):
             seed_epoch(job.seed, epoch, run.shuffling)
             run.model.train()
             set_sampler_epoch(run.train_loader, epoch)
             stats = train_one_epoch(run.net, self.task, run.train_loader, run.optimizer, device=self.device,
                                     scheduler=run.scheduler, keeper=run.keeper, precision=self.amp,
                                     scaler=run.scaler, grad_clip=cfg.grad_clip, late_rewind=run.late_rewind,
-                                    writer=writer, progress=cfg.progress,
-                                    desc=f"{job.tag} epoch {epoch + 1}/{cfg.epochs}")
+                                    writer=writer, early_bird=early_bird, model=run.model, epoch=epoch,
+                                    progress=cfg.progress, desc=f"{job.tag} epoch {epoch + 1}/{run.epochs}")
             broadcast_buffers(run.model, ctx)
             validation = validate(run.model, self.task, run.val_loader, device=self.device, precision=self.amp,
                                   seed=derive_seed(job.seed, "val"), dist=ctx)
             entry = state.end_epoch(epoch, stats, validation, run.model)
             if state.rewind_state is None:
                 state.rewind_state = run.late_rewind.state
+            if early_bird is not None and early_bird.stopped is None and early_bird.every_steps is None:
+                early_bird.check(run.model, step=run.scheduler.last_epoch, epoch=epoch)
+            self._log_epoch(job.tag, epoch, entry, run.optimizer, writer, run.epochs)
+            if early_bird is not None and early_bird.stopped is not None:
+                state.select(epoch, validation, run.model)  # the round prunes from the weights of the stop
+                break
+            if early_bird is not None:
+                state.early_bird = early_bird.state_dict()
             if writes:
                 save_checkpoint(checkpoint, settings, state, model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, scaler=run.scaler)
-            self._log_epoch(job.tag, epoch, entry, run.optimizer, writer)
         best = state.best_state
         assert best is not None  # epochs >= 1: an epoch ran here or in the training resumed
         # Data-parallel ranks hold the same weights unless a trainer let them drift (e.g. unreduced val losses).
@@ -170,18 +186,27 @@ class Trainer:
                                    sampler=sampler, drop_single=True, speed=self.speed)
         val_loader = self.loader(shard_for_evaluation(val_ds, ctx))
         iterations = len(train_loader)
+        epochs = self._full_data_epochs(job, iterations) if job.full_data_steps else cfg.epochs
         model = self.speed.prepare(job.model.to(device))
         optimizer = build_optimizer(model, cfg.optimizer)
         try:
-            scheduler = build_lr_scheduler(optimizer, cfg.schedule, epochs=cfg.epochs, iters_per_epoch=iterations)
+            scheduler = build_lr_scheduler(optimizer, cfg.schedule, epochs=epochs, iters_per_epoch=iterations)
         except ValueError as exc:
             raise ConfigError(f"train.schedule: {exc}") from None
-        late = LateRewind(model, scheduler, job.rewind_iteration, total_steps=cfg.epochs * iterations, tag=job.tag)
+        late = LateRewind(model, scheduler, job.rewind_iteration, total_steps=epochs * iterations, tag=job.tag)
         keeper = MaskKeeper(model, job.mask, optimizer)  # masks name the parameters of the unwrapped model
         net = wrap_ddp(model, ctx)
         scaler = self.amp.scaler(device)
         return _Training(model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, keeper=keeper,
-                         late_rewind=late, train_loader=train_loader, shuffling=shuffling, val_loader=val_loader)
+                         late_rewind=late, train_loader=train_loader, shuffling=shuffling, val_loader=val_loader,
+                         epochs=epochs)
+
+    def _full_data_epochs(self, job: TrainJob, iterations: int) -> int:
+        """The epochs over this job's data that take about as many optimizer steps as train.epochs over the
+        full data (a COLT partition under prune.partition_steps: full_data)."""
+        full, _ = self.task.datasets(None, job)
+        full_iterations = math.ceil(len(full) / self.cfg.batch_size)  # type: ignore[arg-type]
+        return max(1, round(self.cfg.epochs * full_iterations / max(1, iterations)))
 
     def _datasets(self, job: TrainJob) -> tuple[Dataset, Dataset]:
         train, val = self.task.datasets(job.class_ids, job)
@@ -195,9 +220,9 @@ class Trainer:
         return train, val
 
     def _log_epoch(self, tag: str, epoch: int, entry: dict[str, float], optimizer: torch.optim.Optimizer,
-                   writer: SummaryWriter | None) -> None:
+                   writer: SummaryWriter | None, epochs: int) -> None:
         """The epoch's log line and TensorBoard points (the validation loss's own terms stay out of the line)."""
-        log.info("%s epoch %d/%d: %s", tag, epoch + 1, self.cfg.epochs,
+        log.info("%s epoch %d/%d: %s", tag, epoch + 1, epochs,
                  ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "epoch" and not k.startswith("val_loss_")))
         if writer is not None:
             for key, value in entry.items():

@@ -20,7 +20,7 @@ from toy import ToyTask, run_toy
 from colt_core.config import to_dict
 from colt_core.distributed import distributed_session, run_on_main
 from colt_core.rundir import prepare_run_dir
-from colt_core.settings import PruneConfig, SplitConfig
+from colt_core.settings import EarlyBirdConfig, PruneConfig, SplitConfig
 from colt_core.train.task import TrainJob
 
 
@@ -53,14 +53,27 @@ class FailingToyTask(ToyTask):
 @click.option("--fail-mode", type=click.Choice(["raise", "exit", "hang"]), default="raise")
 @click.option("--controls", default="", help="comma-separated prune.controls")
 @click.option("--rewind", default=0, help="prune.rewind_iteration")
+@click.option("--epochs", default=3, help="epochs per training")
+@click.option("--rates", default="0.2,0.3", help="prune.rates: conv,fc")
+@click.option("--target", default=0.75, help="prune.target_sparsity")
+@click.option("--max-rounds", default=4, help="prune.max_rounds")
+@click.option("--evaluate", default="all", help="prune.evaluate")
+@click.option("--early-bird", default=None, help="prune.early_bird as distance,window,check")
 def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fail_rank: int | None,
-         fail_round: int, fail_mode: str, controls: str, rewind: int) -> None:
+         fail_round: int, fail_mode: str, controls: str, rewind: int, epochs: int, rates: str, target: float,
+         max_rounds: int, evaluate: str, early_bird: str | None) -> None:
     with distributed_session() as dist:
         rank = f"[rank {dist.rank}] " if dist is not None else ""
         logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s")
-        prune = PruneConfig(method=method, partitions=partitions, rates={"conv": 0.2, "fc": 0.3},
-                            target_sparsity=0.75, max_rounds=4, evaluate="all",
-                            controls=[c for c in controls.split(",") if c], rewind_iteration=rewind)
+        conv, fc = (float(r) for r in rates.split(","))
+        bird = None
+        if early_bird is not None:
+            distance, window, check = early_bird.split(",")
+            bird = EarlyBirdConfig(distance=float(distance), window=int(window),
+                                   check=check if check == "epoch" else int(check))
+        prune = PruneConfig(method=method, partitions=partitions, rates={"conv": conv, "fc": fc},
+                            target_sparsity=target, max_rounds=max_rounds, evaluate=evaluate,
+                            controls=[c for c in controls.split(",") if c], rewind_iteration=rewind, early_bird=bird)
         split = SplitConfig()
         config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
         run_dir = run_on_main(dist, prepare_run_dir, out, config, resume=resume, overwrite=False)
@@ -68,7 +81,7 @@ def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fai
             task = ToyTask(sleep=sleep)
         else:
             task = FailingToyTask(sleep=sleep, fail_rank=fail_rank, fail_round=fail_round, fail_mode=fail_mode)
-        result = run_toy(run_dir, prune, split, seed=3, task=task, dist=dist)
+        result = run_toy(run_dir, prune, split, seed=3, task=task, dist=dist, epochs=epochs)
         # One write per line: the ranks share the launcher's stdout, and print's separate writes interleave.
         sys.stdout.write(f"rounds {len(result.rounds)}\n")
         sys.stdout.flush()
