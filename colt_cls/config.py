@@ -71,6 +71,8 @@ class DataConfig(BaseDataConfig):
     image_size: int | None = field(
         None, help="input side; null = the dataset's own (32, 64, ImageNet crop 224)", check=at_least(8))
     synthetic: SyntheticConfig | None = field(None, help="write this synthetic twin under root when missing")
+    hflip: bool = field(True, help="random horizontal flips in the training augmentation (the paper's); false for "
+                                   "classes a flip changes, such as handwritten digits")
 
 
 @dataclass

@@ -423,13 +423,14 @@ def _load_imagenet(root: Path, train: bool) -> ClassificationSplit:
     return ClassificationSplit(samples, np.asarray(labels, dtype=np.int64), wnids)
 
 
-def build_transforms(name: str, train: bool, image_size: int | None = None) -> v2.Compose:
+def build_transforms(name: str, train: bool, image_size: int | None = None, hflip: bool = True) -> v2.Compose:
     """The paper's augmentation (train) or evaluation preprocessing for dataset `name`, ending in a
     normalised float tensor. Random choices draw from torch's global RNG, so seeding torch reproduces them.
 
     CIFAR: random crop with 4-pixel padding + horizontal flip; TinyImageNet: the same at 64 pixels;
     ImageNet: RandomResizedCrop + flip for training, Resize(256/224 of the size) + CenterCrop for evaluation.
-    `image_size` resizes CIFAR/TinyImageNet first (padding scales along) or sets the ImageNet crop size.
+    `image_size` resizes CIFAR/TinyImageNet first (padding scales along) or sets the ImageNet crop size;
+    `hflip=False` leaves out the flips (for classes a flip changes, such as digits).
     """
     if name not in NORMALISATION:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
@@ -439,11 +440,11 @@ def build_transforms(name: str, train: bool, image_size: int | None = None) -> v
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     mean, std = NORMALISATION[name]
     if name == "imagenet":
-        steps: list[Any] = ([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip()] if train
+        steps: list[Any] = ([v2.RandomResizedCrop(size), *([v2.RandomHorizontalFlip()] if hflip else [])] if train
                             else [v2.Resize(round(size * 256 / 224)), v2.CenterCrop(size)])
     else:
         steps = [] if size == native else [v2.Resize((size, size))]
         if train:
-            steps += [v2.RandomCrop(size, padding=4 * size // native), v2.RandomHorizontalFlip()]
+            steps += [v2.RandomCrop(size, padding=4 * size // native), *([v2.RandomHorizontalFlip()] if hflip else [])]
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)

@@ -81,7 +81,7 @@ class ClassificationTask:
         # One stratified hold-out for every partition and the ticket evaluations: never the test set.
         self.train_indices, self.val_indices = train_val_split(self.train_split.labels, data.val_fraction,
                                                                derive_seed(cfg.seed, "val-split"))
-        self.train_transform = build_transforms(data.name, True, data.image_size)
+        self.train_transform = build_transforms(data.name, True, data.image_size, data.hflip)
         self.eval_transform = build_transforms(data.name, False, data.image_size)
         probe = self.build_model(len(self.class_names))
         rules = prune_group_rules(probe)

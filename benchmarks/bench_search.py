@@ -1,0 +1,309 @@
+"""What a ticket search costs and what its tickets are worth, on real images: LTH against COLT-2 and COLT-4.
+
+scikit-learn's bundled handwritten digits (`sklearn.datasets.load_digits`: 1,797 8×8 scans; `pip install -e
+".[bench]"`) are written once in CIFAR-10's on-disk layout (32×32 RGB, a fixed stratified split of 1,397
+training and 400 test images) and go through the classifier front end as they are: Conv-3, Adam, no flips.
+Every setting runs with several seeds to about 79% and about 90% sparsity (the paper's rates: COLT 15%/20%, LTH
+20%/20%); the ticket of the first round that reaches each level is trained on the full data and evaluated beside
+its `random_prune` control. One table: rounds, search time (the search trainings up to that round; ticket
+evaluations and controls apart) and its ratio to plain LTH's, ticket accuracy, control accuracy, their gap.
+
+    python benchmarks/bench_search.py                          # the full grid (hours on 2 CPU cores)
+    python benchmarks/bench_search.py --quick                  # one seed, LTH and COLT-2, 79%: a smoke test
+    python benchmarks/bench_search.py --settings lth,colt2,colt2_eb --seeds 0,1,2 --epochs 8
+
+Runs go to --out (default runs/bench_search), one folder per setting, seed and regime, each resumable:
+rerunning the command continues where it stopped. Two runs train at a time, one CPU thread each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+import yaml
+
+from colt_core.prune.magnitude import magnitude_prune, resolve_prune_groups
+from colt_core.rundir import RunDir, RunSummary, read_summary
+
+LEVELS = (0.79, 0.90)
+N_TEST = 400
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One search method: how many partitions, its rates, and the engine's options beyond the paper's."""
+
+    name: str
+    method: str
+    partitions: int
+    rates: tuple[float, float]  # conv, fc
+    prune: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+EARLY_BIRD = {"early_bird": {"distance": 0.1, "window": 3, "check": "epoch"}}
+SETTINGS = {s.name: s for s in [
+    Setting("lth", "lth", 1, (0.2, 0.2), {}),
+    Setting("lth_eb", "lth", 1, (0.2, 0.2), EARLY_BIRD),
+    Setting("colt2", "colt", 2, (0.15, 0.2), {}),
+    Setting("colt2_eb", "colt", 2, (0.15, 0.2), EARLY_BIRD),
+    Setting("colt4", "colt", 4, (0.15, 0.2), {}),
+    Setting("colt4_eb", "colt", 4, (0.15, 0.2), EARLY_BIRD),
+    Setting("colt2_steps", "colt", 2, (0.15, 0.2), {"partition_steps": "full_data"}),
+    Setting("colt2_increase", "colt", 2, (0.15, 0.2), {"score": "magnitude_increase"}),
+    Setting("colt2_increase_eb", "colt", 2, (0.15, 0.2), {"score": "magnitude_increase", **EARLY_BIRD}),
+    Setting("colt4_increase_eb", "colt", 4, (0.15, 0.2), {"score": "magnitude_increase", **EARLY_BIRD}),
+]}
+
+
+# ----- the data --------------------------------------------------------------------------------------------
+def write_digits(root: Path) -> Path:
+    """scikit-learn's digits as a CIFAR-10 folder under `root` (written once; the split is fixed)."""
+    folder = root / "cifar-10-batches-py"
+    if (folder / "batches.meta").is_file():
+        return root
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)  # N×1×8×8 in [0, 1]
+    images = torch.nn.functional.interpolate(images, size=32, mode="bilinear", align_corners=False)
+    rows = (images.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).reshape(len(images), -1).numpy()
+    train, test = train_test_split(np.arange(len(rows)), test_size=N_TEST, stratify=digits.target, random_state=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, part in enumerate(np.array_split(train, 5), start=1):
+        _pickle(folder / f"data_batch_{number}", {"batch_label": f"training batch {number} of 5",
+                                                  "labels": digits.target[part].tolist(), "data": rows[part],
+                                                  "filenames": [f"digit_{i:04d}.png" for i in part]})
+    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": digits.target[test].tolist(),
+                                    "data": rows[test], "filenames": [f"digit_{i:04d}.png" for i in test]})
+    _pickle(folder / "batches.meta", {"num_cases_per_batch": len(train) // 5, "num_vis": 3072,
+                                      "label_names": [str(d) for d in range(10)]})
+    return root
+
+
+def _pickle(path: Path, content: dict[str, Any]) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(content, handle, protocol=2)
+
+
+# ----- one run -----------------------------------------------------------------------------------------------
+def run_config(setting: Setting, seed: int, epochs: int, data: Path, width: float, target: float) -> dict[str, Any]:
+    conv, fc = setting.rates
+    return {
+        "task": "classification", "seed": seed,
+        "data": {"name": "cifar10", "root": str(data), "val_fraction": 0.1, "num_workers": 0, "hflip": False},
+        "model": {"name": "conv3", "width": width, "init": "xavier"},
+        "train": {"epochs": epochs, "batch_size": 64, "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 1e-4},
+                  "schedule": {"name": "cosine", "eta_min": 1e-5, "warmup_epochs": 0, "interval": "iteration"},
+                  "cpu_threads": 1, "progress": False},
+        "eval": {"batch_size": 500},
+        "prune": {"method": setting.method, "partitions": setting.partitions, "rates": {"conv": conv, "fc": fc},
+                  "target_sparsity": target, "max_rounds": 20, "evaluate": "first_last",
+                  "evaluate_levels": [level for level in LEVELS if level <= target], "controls": ["random_prune"],
+                  **setting.prune},
+    }
+
+
+def run_one(config: dict[str, Any], out: Path) -> float:
+    """`colt train` of one config into `out` in a process of its own (resumed when it exists); its wall time."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = out / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    resume = ["--resume"] if (out / "config.yaml").is_file() else ["--overwrite"]
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "colt_core.commands", "train", "--cfg", str(cfg), "--out", str(out),
+                           *resume], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+    if done.returncode != 0:
+        raise click.ClickException(f"{out}: colt train failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+# ----- reading the runs --------------------------------------------------------------------------------------
+def level_row(summary: RunSummary, level: float) -> dict[str, Any] | None:
+    """The first round reaching `level`: its round, sparsity, search time, ticket and control accuracy."""
+    search = full = 0.0
+    for record in summary.rounds:
+        if record.sparsity >= level and record.evaluation is not None:
+            control = record.controls.get("random_prune")
+            return {"round": record.round, "sparsity": record.sparsity, "search_s": search, "search_full_s": full,
+                    "ticket": record.evaluation.value, "control": control.value if control else None}
+        for p in record.partitions or []:
+            search += p.wall_time_s
+            bird = p.training.early_bird
+            full += p.wall_time_s / bird["epochs_run"] * bird["epochs_configured"] if bird else p.wall_time_s
+    return None
+
+
+def epochs_run(summary: RunSummary) -> tuple[float, float]:
+    """Epochs the search trainings ran and were set to run, summed over every partition of every round."""
+    ran = configured = 0.0
+    for record in summary.rounds:
+        for p in record.partitions or []:
+            bird = p.training.early_bird
+            planned = p.training.epochs or len(p.training.history)
+            ran += bird["epochs_run"] if bird else len(p.training.history)
+            configured += bird["epochs_configured"] if bird else planned
+    return ran, configured
+
+
+def spread(values: Sequence[float | None], scale: float = 1.0, digits: int = 1) -> str:
+    got = [v * scale for v in values if v is not None]
+    if not got:
+        return "–"
+    if len(got) == 1:
+        return f"{got[0]:.{digits}f}"
+    return f"{statistics.mean(got):.{digits}f} ± {statistics.stdev(got):.{digits}f}"
+
+
+def table(results: dict[str, list[RunSummary]], level: float, reference: str) -> str:
+    """The Markdown table of one sparsity level; search time ratios against the `reference` setting's mean."""
+    rows = {name: [level_row(s, level) for s in summaries] for name, summaries in results.items()}
+    ref = [r["search_s"] for r in rows.get(reference, []) if r]
+    ref_mean = statistics.mean(ref) if ref else math.nan
+    lines = [f"### ≥ {100 * level:.0f}% sparsity", "",
+             "| setting | seeds | rounds | sparsity (%) | search time (s) | ratio to LTH | without the stop (s) | "
+             "epochs run / set | ticket (%) | random_prune (%) | ticket − control |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, got in rows.items():
+        found = [r for r in got if r]
+        if not found:
+            lines.append(f"| {name} | 0 | not reached | | | | | | | | |")
+            continue
+        gaps = [r["ticket"] - r["control"] for r in found if r["ticket"] is not None and r["control"] is not None]
+        ran = [epochs_run(s) for s in results[name]]
+        ratio = statistics.mean(r["search_s"] for r in found) / ref_mean
+        lines.append(f"| {name} | {len(found)} | {spread([r['round'] for r in found], digits=1)} | "
+                     f"{spread([r['sparsity'] for r in found], 100)} | "
+                     f"{spread([r['search_s'] for r in found], digits=0)} | "
+                     f"{ratio:.2f} | {spread([r['search_full_s'] for r in found], digits=0)} | "
+                     f"{sum(a for a, _ in ran):.0f} / {sum(b for _, b in ran):.0f} | "
+                     f"{spread([r['ticket'] for r in found], 100)} | {spread([r['control'] for r in found], 100)} | "
+                     f"{spread(gaps, 100)} |")
+    return "\n".join(lines)
+
+
+# ----- what a partition learns (the diagnosis) ----------------------------------------------------------------
+def diagnosis(run: RunDir) -> dict[str, Any]:
+    """Round 0 of a run: how far each training moved its conv weights from θ0 (relative L2, per layer), how
+    closely their magnitude ranks follow θ0's (Spearman), and how much the partitions' own masks overlap."""
+    from colt_cls.models import create_model_from_description
+
+    init = torch.load(run.init, weights_only=True)
+    ticket = torch.load(run.ticket, weights_only=True)
+    model = create_model_from_description(dict(ticket["architecture"]))
+    groups = resolve_prune_groups(model, {"conv": {"types": ["Conv2d"]}, "fc": {"types": ["Linear"]}},
+                                  {"conv": 0.15, "fc": 0.2}, [ticket["architecture"].get("head", "head")])
+    names = [n for g in groups if g.name == "conv" for n in g.params]
+    parts = sorted(run.round(0).path.glob("partition_*"))
+    moved, ranks, masks = [], [], []
+    for part in parts:
+        state = torch.load(part / "model.pt", weights_only=True)
+        moved.append([float((state[n] - init[n]).norm() / init[n].norm()) for n in names])
+        ranks.append([_spearman(state[n].abs().flatten(), init[n].abs().flatten()) for n in names])
+        ones = {n: torch.ones_like(init[n], dtype=torch.bool) for g in groups for n in g.params}
+        masks.append(magnitude_prune(state, ones, groups))
+    overlap = None
+    if len(masks) >= 2:
+        pruned = [torch.cat([~m[n].flatten() for n in names]) for m in masks]
+        union = torch.stack(pruned).any(0).float().mean().item()
+        overlap = {"pruned_by_any": union, "independent": 1 - (1 - pruned[0].float().mean().item()) ** len(masks)}
+    return {"layers": names, "relative_l2": np.mean(moved, axis=0).tolist(),
+            "spearman": np.mean(ranks, axis=0).tolist(), "conv_overlap": overlap}
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def diagnosis_table(results: dict[str, list[RunDir]]) -> str:
+    lines = ["| setting | conv layers: rel. L2 distance from θ0 | Spearman of |w| with |θ0| | conv pruned by any "
+             "partition (independent masks) |", "|---|---|---|---|"]
+    for name, runs in results.items():
+        d = [diagnosis(r) for r in runs if r.ticket.is_file()]
+        if not d:
+            continue
+        l2 = " / ".join(f"{v:.2f}" for v in np.mean([x["relative_l2"] for x in d], axis=0))
+        sp = " / ".join(f"{v:.2f}" for v in np.mean([x["spearman"] for x in d], axis=0))
+        ov = [x["conv_overlap"] for x in d if x["conv_overlap"]]
+        ov_text = (f"{100 * statistics.mean(o['pruned_by_any'] for o in ov):.1f}% "
+                   f"({100 * statistics.mean(o['independent'] for o in ov):.1f}%)") if ov else "–"
+        lines.append(f"| {name} | {l2} | {sp} | {ov_text} |")
+    return "\n".join(lines)
+
+
+# ----- the command --------------------------------------------------------------------------------------------
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", default="runs/bench_search", show_default=True, type=click.Path(file_okay=False))
+@click.option("--settings", "names", default=",".join(SETTINGS), show_default=True, help="comma-separated settings")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--epochs", "epoch_list", default="8,32", show_default=True,
+              help="epochs per training, one regime each (comma-separated)")
+@click.option("--width", default=0.5, show_default=True, help="Conv-3 channel multiplier")
+@click.option("--target", default=0.90, show_default=True, help="the sparsity every run prunes to")
+@click.option("--jobs", default=2, show_default=True, help="runs trained at a time (one CPU thread each)")
+@click.option("--quick", is_flag=True, help="one seed, LTH and COLT-2, 2 epochs, to 79%: a smoke test")
+def main(out: str, names: str, seeds: str, epoch_list: str, width: float, target: float, jobs: int,
+         quick: bool) -> None:
+    """Run the search benchmark on scikit-learn's digits and print its tables."""
+    if quick:
+        names, seeds, epoch_list, width, target = "lth,colt2", "0", "2", 0.25, 0.79
+    unknown = [n for n in names.split(",") if n not in SETTINGS]
+    if unknown:
+        raise click.BadParameter(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    root = Path(out)
+    data = write_digits(root / "data")
+    grid = [(SETTINGS[n], int(s), int(e)) for e in epoch_list.split(",") for n in names.split(",")
+            for s in seeds.split(",")]
+    start = time.perf_counter()
+
+    def work(item: tuple[Setting, int, int]) -> float:
+        setting, seed, epochs = item
+        return run_one(run_config(setting, seed, epochs, data, width, target),
+                       root / f"e{epochs}" / setting.name / f"seed_{seed}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(work, grid))
+    report = [f"# Search benchmark: digits, Conv-3 ×{width}, seeds {seeds}, {time.perf_counter() - start:.0f} s", ""]
+    for epochs in epoch_list.split(","):
+        runs = {n: [RunDir(root / f"e{epochs}" / n / f"seed_{s}") for s in seeds.split(",")]
+                for n in names.split(",")}
+        summaries = {n: [read_summary(r) for r in rs] for n, rs in runs.items()}
+        report += [f"## {epochs} epochs a training", ""]
+        for name, got in summaries.items():
+            dense = [s.rounds[0].evaluation.value for s in got if s.rounds and s.rounds[0].evaluation]
+            report.append(f"- {name}: dense model {spread(dense, 100)}%")
+        report.append("")
+        for level in (lv for lv in LEVELS if lv <= target):
+            report += [table(summaries, level, reference="lth"), ""]
+        report += ["What round 0's search trainings learn:", "", diagnosis_table(runs), ""]
+    text = "\n".join(report)
+    (root / "bench_search.md").write_text(text)
+    (root / "bench_search.json").write_text(json.dumps({"args": {"settings": names, "seeds": seeds,
+                                                                  "epochs": epoch_list, "width": width}}, indent=1))
+    click.echo(text)
+
+
+if __name__ == "__main__":
+    main()
