@@ -17,6 +17,8 @@ from colt_core.report import (
     read_runs,
     rounds_to_sparsity,
     rounds_to_sparsity_markdown,
+    search_markdown,
+    search_rows,
     seed_series,
     series_levels,
     series_rounds_to_sparsity,
@@ -73,6 +75,8 @@ def compare_command(runs: tuple[str, ...], out: str, labels: tuple[str, ...], le
         click.echo("\nrounds to reach each sparsity, mean ± sample std (n − 1) over the seeds that reached it:")
         rows = series_rounds_to_sparsity(series, series_levels(records, level_values))
         click.echo(series_rounds_to_sparsity_markdown(series, rows))
+    click.echo("\nsearch cost (search trainings to each run's last round; ratio to the compared LTH run):")
+    click.echo(search_markdown(search_rows(records)))
     click.echo("\nwritten:")
     for path in files.values():
         click.echo(f"  {path}")

@@ -10,8 +10,18 @@ their spread), `comparison_rows`, `similarity` (Fig. 7), `per_class_comparison`,
 
 from colt_core.report.compared_runs import ComparedRound, ComparedRun, CompareError, read_run, read_runs
 from colt_core.report.comparison import check_out_dir, write_comparison
-from colt_core.report.comparison_markdown import rounds_to_sparsity_markdown, series_rounds_to_sparsity_markdown
-from colt_core.report.comparison_rows import DEFAULT_LEVELS, rounds_to_sparsity, series_levels, sparsity_levels
+from colt_core.report.comparison_markdown import (
+    rounds_to_sparsity_markdown,
+    search_markdown,
+    series_rounds_to_sparsity_markdown,
+)
+from colt_core.report.comparison_rows import (
+    DEFAULT_LEVELS,
+    rounds_to_sparsity,
+    search_rows,
+    series_levels,
+    sparsity_levels,
+)
 from colt_core.report.given_ticket import given_ticket_markdown, write_given_ticket_report
 from colt_core.report.per_class import per_class_columns, per_class_csv, per_class_markdown, ticket_label
 from colt_core.report.per_class_comparison import matching_tickets, per_class_style
@@ -54,6 +64,8 @@ __all__ = [
     "rounds_rows",
     "rounds_to_sparsity",
     "rounds_to_sparsity_markdown",
+    "search_markdown",
+    "search_rows",
     "seed_series",
     "series_levels",
     "series_rounds_to_sparsity",

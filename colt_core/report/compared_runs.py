@@ -23,6 +23,7 @@ from colt_core.rundir import (
     RoundDir,
     RoundRecord,
     RunDirError,
+    RunSummary,
     open_run,
     read_evaluation,
     read_summary,
@@ -76,6 +77,7 @@ class ComparedRun:
     architecture: dict[str, Any] | None
     class_names: list[str]
     method_label: str = ""  # COLT-N or LTH as summary.json names it; the label before it is made unique
+    summary: RunSummary | None = None  # summary.json as read (its search trainings' records)
 
     def __post_init__(self) -> None:
         self.method_label = self.method_label or self.label
@@ -152,7 +154,7 @@ def read_run(path: str | Path, label: str | None = None) -> ComparedRun:
     return ComparedRun(path=run.path, label=label or summary.label, method=summary.method,
                        partitions=summary.partitions, config=config, rounds=rounds, finished=header is not None,
                        architecture=header["architecture"] if header else None,
-                       class_names=list(split.get("class_names", [])), method_label=summary.label)
+                       class_names=list(split.get("class_names", [])), method_label=summary.label, summary=summary)
 
 
 def _read_controls(rdir: RoundDir, stored: Mapping[str, Evaluation]) -> dict[str, Evaluation]:

@@ -20,6 +20,7 @@ from colt_core.report.comparison_markdown import (
     metric_markdown,
     rounds_to_sparsity_markdown,
     runs_markdown,
+    search_markdown,
     series_markdown,
     series_metric_markdown,
     series_rounds_to_sparsity_markdown,
@@ -31,6 +32,7 @@ from colt_core.report.comparison_rows import (
     control_names,
     metric_rows,
     rounds_to_sparsity,
+    search_rows,
     series_levels,
     sparsity_levels,
     wall_time_rows,
@@ -157,6 +159,13 @@ def _run_entries(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
              "total_eval_time_s": r.total_eval_time_s} for r in runs]
 
 
+SEARCH_NOTE = ("Search time: the wall time of the search trainings (COLT's partitions, LTH's rounds) up to the run's "
+               "last round, counted as they ran (one after another in one process, side by side under torchrun); "
+               "ticket evaluations and controls are not search. Without the stop: had every early-bird training "
+               "run all its epochs (its time per epoch × the epochs set). The ratio is to the compared LTH run's "
+               "search time (the same seed's when there is one).")
+
+
 def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: Sequence[float] = DEFAULT_LEVELS
                      ) -> dict[str, Path]:
     """Write comparison.md, CSV tables, comparison.json and the Fig. 5 / Fig. 7 PNGs, and the per-class
@@ -183,7 +192,10 @@ def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: S
     files["fig5"] = plot_metric_and_rounds(runs, out_dir / "fig5_metric_rounds_vs_sparsity.png")
     parts = _opening(runs, diffs, r2s, metrics, controls, files["fig5"])
     series_parts, series_files, series_json = write_series(runs, out_dir, series_levels(runs, levels), controls)
-    parts += [*series_parts, "## Wall time per round", "", wall_time_markdown(times), ""]
+    search = search_rows(runs)
+    files["search_csv"] = write_csv(out_dir / "search.csv", search, list(search[0]) if search else ["run"])
+    parts += [*series_parts, "## Search cost", "", SEARCH_NOTE, "", search_markdown(search), "",
+              "## Wall time per round", "", wall_time_markdown(times), ""]
     files.update(series_files)
     similarity_parts, similarity_files, similarity = write_similarity(runs, out_dir)
     parts += similarity_parts
@@ -195,6 +207,7 @@ def write_comparison(runs: Sequence[ComparedRun], out_dir: str | Path, levels: S
     files["json"] = out_dir / "comparison.json"
     atomic_write_json(json.loads(json.dumps({
         "runs": _run_entries(runs), "config_differences": diffs, "rounds_to_sparsity": r2s,
-        "metric_vs_sparsity": metrics, "wall_time": times, "similarity": similarity, **series_json}, default=str)),
+        "metric_vs_sparsity": metrics, "wall_time": times, "search": search, "similarity": similarity,
+        **series_json}, default=str)),
         files["json"])
     return files

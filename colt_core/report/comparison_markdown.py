@@ -112,6 +112,20 @@ def series_metric_markdown(rows: Sequence[Mapping[str, Any]], controls: Sequence
     return "\n".join(lines)
 
 
+def search_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per run: rounds, final sparsity, epochs run of those set, search time (and without the stop),
+    its ratio to LTH's."""
+    lines = ["| run | rounds | final sparsity | search epochs run / set | search time (s) | without the stop (s) | "
+             "ratio to LTH |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        without = _secs(row["search_time_without_stop_s"]) if row["early_bird"] else "–"
+        ratio = "" if row["ratio_to_lth"] is None else f"{row['ratio_to_lth']:.2f}"
+        lines.append(_row([row["run"], row["rounds"], _sparsity(row["sparsity"]),
+                           f"{row['epochs_run']:.1f} / {row['epochs_set']:.0f}", _secs(row["search_time_s"]), without,
+                           ratio]))
+    return "\n".join(lines)
+
+
 def wall_time_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Per run and round: the partition trainings', the ticket evaluation's and the running total's seconds."""
     lines = ["| run | round | sparsity | partition trainings (s) | ticket evaluation (s) | round (s) | "

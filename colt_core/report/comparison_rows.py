@@ -78,6 +78,30 @@ def wall_time_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
 
 
 
+def search_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
+    """Per run: the search time to its last round's ticket (with and, for early-bird runs, without the stop),
+    the epochs its search trainings ran against those they were set to, and the ratio to the compared LTH run's
+    search time (the first LTH run of the same seed, else the first LTH run)."""
+    rows = []
+    for run in runs:
+        if run.summary is None or not run.summary.rounds:
+            continue
+        last = run.summary.rounds[-1].round
+        epochs = [rec.search_epochs() for rec in run.summary.rounds]
+        rows.append({"run": run.label, "method": run.method, "seed": run.seed, "rounds": last,
+                     "sparsity": run.rounds[-1].sparsity, "search_time_s": run.summary.search_time_before(last),
+                     "search_time_without_stop_s": run.summary.search_time_before(last, without_stop=True),
+                     "epochs_run": sum(a for a, _ in epochs), "epochs_set": sum(b for _, b in epochs),
+                     "early_bird": bool((run.config.get("prune") or {}).get("early_bird"))})
+    lth = [r for r in rows if r["method"] == "lth"]
+    for row in rows:
+        same_seed = [r for r in lth if r["seed"] == row["seed"]]
+        reference = (same_seed or lth or [None])[0]
+        time = reference["search_time_s"] if reference else None
+        row["ratio_to_lth"] = row["search_time_s"] / time if time else None
+    return rows
+
+
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Rows as CSV (empty cells for None), written atomically."""
     out = io.StringIO()

@@ -78,3 +78,27 @@ def rounds_csv(summary: RunSummary, extra: Sequence[str] = ()) -> str:
     for row in rounds_rows(summary, extra):
         writer.writerow(["" if row[key] is None else row[key] for key in keys])
     return out.getvalue()
+
+
+def search_table(summary: RunSummary) -> str | None:
+    """The search trainings of each round (the partitions, or LTH's round): the epochs they ran against those
+    they were set to, their search time and, where early-bird trainings stopped, the time without the stop.
+    None when no round has trained yet."""
+    searched = [r for r in summary.rounds if r.partitions]
+    if not searched:
+        return None
+    stops = any(p.training.early_bird for r in searched for p in r.partitions or [])
+    lines = ["| round | sparsity (%) | search trainings | epochs run / set | search time (s) |"
+             + (" without the stop (s) |" if stops else ""), "|---:|---:|---:|---:|---:|" + ("---:|" if stops else "")]
+    for record in searched:
+        ran, planned = record.search_epochs()
+        cells = [str(record.round), percent(record.sparsity), str(len(record.partitions or [])),
+                 f"{ran:.1f} / {planned:.0f}", f"{record.search_time_s:.1f}"]
+        if stops:
+            cells.append(f"{record.search_time_without_stop_s:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    last = summary.rounds[-1].round
+    total = f"Search time to round {last}'s ticket: {summary.search_time_before(last):.1f} s"
+    if stops:
+        total += f" ({summary.search_time_before(last, without_stop=True):.1f} s had no early-bird training stopped)"
+    return "\n".join(lines) + "\n\n" + total + "; ticket evaluations and controls are not search."

@@ -12,7 +12,14 @@ from pathlib import Path
 from colt_core.io import atomic_write_json, atomic_write_text
 from colt_core.report.per_class import per_class_columns, per_class_csv, per_class_markdown, ticket_label
 from colt_core.report.plots import plot_per_class
-from colt_core.report.rounds_table import CONTROLS_NOTE, control_names, rounds_csv, rounds_markdown, rounds_rows
+from colt_core.report.rounds_table import (
+    CONTROLS_NOTE,
+    control_names,
+    rounds_csv,
+    rounds_markdown,
+    rounds_rows,
+    search_table,
+)
 from colt_core.report.style import ReportStyle
 from colt_core.rundir import RunDir, RunSummary
 
@@ -92,6 +99,9 @@ def write_report(run: RunDir, summary: RunSummary, class_names: Sequence[str], s
     for line in (test_set_note(summary), test_set_line(summary, style.count_title)):
         if line:
             parts += [line, ""]
+    search = search_table(summary)
+    if search is not None:
+        parts += ["## Search", "", search, ""]
     parts += _per_class_section(run, summary, class_names, style, columns)
     atomic_write_text("\n".join(parts), run.report)
     atomic_write_text(rounds_csv(summary, extra), run.rounds_csv)

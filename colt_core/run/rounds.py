@@ -218,7 +218,8 @@ class RoundLoop:
             job.early_bird = EarlyBird(self.prune.early_bird, would_prune, mask)
         t0 = time.perf_counter()
         out = self.trainer.train(job)
-        result = PartitionResult(classes=list(class_ids), training=out.record, wall_time_s=time.perf_counter() - t0)
+        result = PartitionResult(classes=list(class_ids), training=out.record, wall_time_s=time.perf_counter() - t0,
+                                 slot=ctx.ranks[0] if ctx is not None else None)
         return out.state_dict, result, out.rewind_state
 
     def _train_round(self, r: int, class_groups: list[list[int]], start: State, mask: Mask

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,14 +56,34 @@ class PartitionResult:
     classes: list[int]
     training: TrainingRecord
     wall_time_s: float = 0.0
+    slot: int | None = None  # under torchrun: the first rank of the ranks that trained it (None: one process)
+
+    @property
+    def wall_time_without_stop_s(self) -> float:
+        """Its wall time had it run every epoch it was set to (estimated per epoch for an early-bird stop)."""
+        bird = self.training.early_bird
+        if not bird or not bird.get("epochs_run"):
+            return self.wall_time_s
+        return self.wall_time_s * float(bird["epochs_configured"]) / float(bird["epochs_run"])
+
+    def epochs(self) -> tuple[float, float]:
+        """(epochs it ran, epochs it was set to run)."""
+        bird = self.training.early_bird
+        if bird:
+            return float(bird["epochs_run"]), float(bird["epochs_configured"])
+        ran = float(len(self.training.history))
+        return ran, float(self.training.epochs or ran)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.training.to_dict(), "wall_time_s": self.wall_time_s, "classes": list(self.classes)}
+        out = {**self.training.to_dict(), "wall_time_s": self.wall_time_s, "classes": list(self.classes)}
+        if self.slot is not None:
+            out["slot"] = self.slot
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PartitionResult:
         return cls(classes=list(d.get("classes", [])), training=TrainingRecord.from_dict(d),
-                   wall_time_s=float(d.get("wall_time_s", 0.0)))
+                   wall_time_s=float(d.get("wall_time_s", 0.0)), slot=d.get("slot"))
 
 
 @dataclass
@@ -116,6 +136,13 @@ class Evaluation:
         return record
 
 
+def _as_they_ran(partitions: list[PartitionResult], time: Callable[[PartitionResult], float]) -> float:
+    slots: dict[int | None, float] = {}
+    for p in partitions:
+        slots[p.slot] = slots.get(p.slot, 0.0) + time(p)
+    return float(max(slots.values(), default=0.0))
+
+
 @dataclass
 class RoundRecord:
     """One round in summary.json: its mask's sparsity, its trainings and, when evaluated, its ticket."""
@@ -136,8 +163,20 @@ class RoundRecord:
 
     @property
     def search_time_s(self) -> float:
-        """Wall time of the partition trainings, the part of a round that finds the next mask."""
-        return float(sum(p.wall_time_s for p in self.partitions or []))
+        """The search time of the round: the wall time of its partition trainings (the part of a round that finds
+        the next mask; its ticket evaluation and controls are not search), counted as they ran: one after
+        another in one process, side by side under torchrun (the slowest rank group's)."""
+        return _as_they_ran(self.partitions or [], lambda p: p.wall_time_s)
+
+    @property
+    def search_time_without_stop_s(self) -> float:
+        """The search time had every early-bird training run all its epochs (estimated per epoch)."""
+        return _as_they_ran(self.partitions or [], lambda p: p.wall_time_without_stop_s)
+
+    def search_epochs(self) -> tuple[float, float]:
+        """(epochs the round's search trainings ran, epochs they were set to run), summed over its partitions."""
+        pairs = [p.epochs() for p in self.partitions or []]
+        return sum(a for a, _ in pairs), sum(b for _, b in pairs)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"round": self.round, "sparsity": self.sparsity, "prune_rate": self.prune_rate,
@@ -179,6 +218,11 @@ class RunSummary:
     def evaluated(self) -> list[RoundRecord]:
         """The rounds whose ticket was evaluated, in order."""
         return [r for r in self.rounds if r.evaluation is not None]
+
+    def search_time_before(self, r: int, *, without_stop: bool = False) -> float:
+        """The time to round `r`'s ticket: the search time of rounds 0 … r-1, the trainings that found its mask."""
+        return float(sum(rec.search_time_without_stop_s if without_stop else rec.search_time_s
+                         for rec in self.rounds if rec.round < r))
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SUMMARY_SCHEMA, "method": self.method, "partitions": self.partitions,

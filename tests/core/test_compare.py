@@ -420,7 +420,7 @@ def test_a_comparison_of_single_runs_has_no_series_outputs(compared):
     out, _ = compared
     data = json.loads((out / "comparison.json").read_text())
     assert set(data) == {"runs", "config_differences", "rounds_to_sparsity", "metric_vs_sparsity", "wall_time",
-                         "similarity"}
+                         "search", "similarity"}
     assert not list(out.glob("series_*"))
     text = (out / "comparison.md").read_text()
     assert "Series" not in text and "±" not in text and "random_prune" not in text

@@ -15,6 +15,7 @@ from toy import ToyNet, ToyTask, run_toy, toy_train_config
 from colt_core.config import to_dict
 from colt_core.prune.magnitude import PruneGroup, magnitude_prune
 from colt_core.prune.ticket import load_ticket
+from colt_core.report import ReportStyle, read_runs, search_markdown, search_rows, write_report
 from colt_core.rundir import RunDir, TrainingDir, prepare_run_dir, read_summary
 from colt_core.settings import EarlyBirdConfig, PruneConfig
 from colt_core.train.early_bird import EarlyBird
@@ -24,6 +25,7 @@ from colt_core.train.trainer import Trainer
 pytestmark = pytest.mark.usefixtures("one_thread")
 HERE = Path(__file__).resolve().parent
 STEPS_PER_EPOCH = 12  # 192 training samples of the 6 toy classes in batches of 16
+STYLE = ReportStyle(title="toy run", per_class_title="Per-class accuracy (%)", per_class_name="accuracy")
 GROUPS = [PruneGroup("conv", 0.3, ("conv.weight",)), PruneGroup("fc", 0.3, ("fc1.weight",))]
 
 
@@ -123,10 +125,40 @@ def test_lth_does_not_reuse_an_early_stopped_round_as_its_ticket_evaluation(tmp_
     run.path.mkdir()
     prune = replace(early_bird_prune(), method="lth", evaluate="all")
     run_toy(run, prune, epochs=12)
+    checked = 0
     for record in read_summary(run).rounds:
         if record.partitions and record.partitions[0].training.stopped_early and record.evaluation is not None:
             assert record.evaluation.reused is None and record.evaluation.training is not None
             assert len(record.evaluation.training.history) == 12
+            checked += 1
+    assert checked
+
+
+def test_the_report_and_the_comparison_show_the_epochs_run_and_the_search_time_with_and_without_the_stop(tmp_path):
+    lth, colt = RunDir(tmp_path / "lth"), RunDir(tmp_path / "colt")
+    for run, prune in ((lth, replace(early_bird_prune(), method="lth", early_bird=None)), (colt, early_bird_prune())):
+        run.path.mkdir()
+        run_toy(run, prune, epochs=12)
+        write_report(run, read_summary(run), ToyTask().class_names, STYLE)
+    summary = read_summary(colt)
+    searched = [p for r in summary.rounds for p in r.partitions or []]
+    ran, planned = sum(p.epochs()[0] for p in searched), sum(p.epochs()[1] for p in searched)
+    assert ran < planned == 12 * len(searched)
+    last = summary.rounds[-1].round
+    search, without = summary.search_time_before(last), summary.search_time_before(last, without_stop=True)
+    assert search == pytest.approx(sum(p.wall_time_s for p in searched)) and without > search
+    report = colt.report.read_text()
+    assert "## Search" in report and "without the stop" in report
+    for record in summary.rounds:
+        if record.partitions:
+            r_ran, r_planned = record.search_epochs()
+            assert f"| {record.round} | {100 * record.sparsity:.2f} | 2 | {r_ran:.1f} / {r_planned:.0f} |" in report
+    rows = {row["run"]: row for row in search_rows(read_runs([lth, colt]))}
+    assert rows["COLT-2"]["early_bird"] and not rows["LTH"]["early_bird"]
+    assert rows["COLT-2"]["epochs_run"] == pytest.approx(ran) and rows["LTH"]["ratio_to_lth"] == 1.0
+    lth_search = read_summary(lth).search_time_before(read_summary(lth).rounds[-1].round)
+    assert rows["COLT-2"]["ratio_to_lth"] == pytest.approx(search / lth_search)
+    assert "| COLT-2 |" in search_markdown(list(rows.values()))
 
 
 def test_a_kill_inside_an_early_bird_training_resumes_to_the_same_ticket(tmp_path):
