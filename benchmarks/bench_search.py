@@ -125,10 +125,10 @@ def run_config(setting: Setting, seed: int, epochs: int, data: Path, width: floa
 
 def run_one(config: dict[str, Any], out: Path) -> float:
     """`colt train` of one config into `out` in a process of its own (resumed when it exists); its wall time."""
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = out / "bench.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg = out.with_suffix(".yaml")
     cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-    resume = ["--resume"] if (out / "config.yaml").is_file() else ["--overwrite"]
+    resume = ["--resume"] if (out / "config.yaml").is_file() else []
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "colt_core.commands", "train", "--cfg", str(cfg), "--out", str(out),
                            *resume], capture_output=True, text=True,
@@ -140,30 +140,22 @@ def run_one(config: dict[str, Any], out: Path) -> float:
 
 # ----- reading the runs --------------------------------------------------------------------------------------
 def level_row(summary: RunSummary, level: float) -> dict[str, Any] | None:
-    """The first round reaching `level`: its round, sparsity, search time, ticket and control accuracy."""
-    search = full = 0.0
+    """The first evaluated round reaching `level`: its round, sparsity, search time (with and without the
+    early-bird stops, as the run records define it), ticket and control accuracy."""
     for record in summary.rounds:
         if record.sparsity >= level and record.evaluation is not None:
             control = record.controls.get("random_prune")
-            return {"round": record.round, "sparsity": record.sparsity, "search_s": search, "search_full_s": full,
+            return {"round": record.round, "sparsity": record.sparsity,
+                    "search_s": summary.search_time_before(record.round),
+                    "search_full_s": summary.search_time_before(record.round, without_stop=True),
                     "ticket": record.evaluation.value, "control": control.value if control else None}
-        for p in record.partitions or []:
-            search += p.wall_time_s
-            bird = p.training.early_bird
-            full += p.wall_time_s / bird["epochs_run"] * bird["epochs_configured"] if bird else p.wall_time_s
     return None
 
 
 def epochs_run(summary: RunSummary) -> tuple[float, float]:
     """Epochs the search trainings ran and were set to run, summed over every partition of every round."""
-    ran = configured = 0.0
-    for record in summary.rounds:
-        for p in record.partitions or []:
-            bird = p.training.early_bird
-            planned = p.training.epochs or len(p.training.history)
-            ran += bird["epochs_run"] if bird else len(p.training.history)
-            configured += bird["epochs_configured"] if bird else planned
-    return ran, configured
+    pairs = [record.search_epochs() for record in summary.rounds]
+    return sum(a for a, _ in pairs), sum(b for _, b in pairs)
 
 
 def spread(values: Sequence[float | None], scale: float = 1.0, digits: int = 1) -> str:
@@ -210,7 +202,7 @@ def diagnosis(run: RunDir) -> dict[str, Any]:
 
     init = torch.load(run.init, weights_only=True)
     ticket = torch.load(run.ticket, weights_only=True)
-    model = create_model_from_description(dict(ticket["architecture"]))
+    model = create_model_from_description(dict(ticket["architecture"]), num_classes=10)
     groups = resolve_prune_groups(model, {"conv": {"types": ["Conv2d"]}, "fc": {"types": ["Linear"]}},
                                   {"conv": 0.15, "fc": 0.2}, [ticket["architecture"].get("head", "head")])
     names = [n for g in groups if g.name == "conv" for n in g.params]
