@@ -27,10 +27,6 @@ class Precision:
     dtype: torch.dtype | None = None
 
     @property
-    def enabled(self) -> bool:
-        return self.dtype is not None
-
-    @property
     def needs_scaler(self) -> bool:
         return self.dtype == torch.float16
 
