@@ -158,6 +158,18 @@ def epochs_run(summary: RunSummary) -> tuple[float, float]:
     return sum(a for a, _ in pairs), sum(b for _, b in pairs)
 
 
+def check_cost(summaries: Sequence[RunSummary]) -> tuple[float, float]:
+    """Seconds the early-bird checks took, and the wall time of the trainings they ran in."""
+    checks = total = 0.0
+    for summary in summaries:
+        for record in summary.rounds:
+            for p in record.partitions or []:
+                bird = p.training.early_bird
+                if bird and "check_time_s" in bird:
+                    checks, total = checks + bird["check_time_s"], total + p.wall_time_s
+    return checks, total
+
+
 def spread(values: Sequence[float | None], scale: float = 1.0, digits: int = 1) -> str:
     got = [v * scale for v in values if v is not None]
     if not got:
@@ -289,6 +301,10 @@ def main(out: str, names: str, seeds: str, epoch_list: str, width: float, target
         report.append("")
         for level in (lv for lv in LEVELS if lv <= target):
             report += [table(summaries, level, reference="lth"), ""]
+        checks, total = check_cost([s for got in summaries.values() for s in got])
+        if total:
+            report += [f"Early-bird checks took {checks:.1f} s of the {total:.0f} s their trainings ran "
+                       f"({100 * checks / total:.2f}%).", ""]
         report += ["What round 0's search trainings learn:", "", diagnosis_table(runs), ""]
     text = "\n".join(report)
     (root / "bench_search.md").write_text(text)

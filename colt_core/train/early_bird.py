@@ -11,6 +11,7 @@ cut and at most twice the round's rate for disjoint ones.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class EarlyBird:
     recent: list[torch.Tensor] = field(default_factory=list)  # the window: would-be masks over the alive weights
     trace: list[dict[str, Any]] = field(default_factory=list)  # one entry per check: step, epoch, distance
     stopped: dict[str, Any] | None = None
+    check_time_s: float = 0.0  # wall time spent in checks (this process's part of the training)
 
     @property
     def every_steps(self) -> int | None:
@@ -50,6 +52,7 @@ class EarlyBird:
 
     def check(self, model: nn.Module, *, step: int, epoch: int) -> bool:
         """Check the mask `model`'s weights would give now; True when the training should stop here."""
+        start = time.perf_counter()
         params = dict(model.named_parameters())
         weights = {n: params[n].detach() for n in self.alive}
         current = self._survivors(self.would_prune(weights))
@@ -58,6 +61,7 @@ class EarlyBird:
         largest = max(distances) if full else None
         self.trace.append({"step": step, "epoch": epoch, "distance": largest})
         self.recent = [*self.recent, current][-self.settings.window:]
+        self.check_time_s += time.perf_counter() - start
         if largest is not None and largest < self.settings.distance:
             self.stopped = {"step": step, "epoch": epoch, "distance": largest}
             log.info("early-bird stop at step %d (epoch %d): the would-be mask moved %.4f (< %g) over the last %d "
@@ -77,4 +81,5 @@ class EarlyBird:
         steps = self.stopped["step"] if self.stopped else epochs * steps_per_epoch
         return {"stopped": self.stopped is not None, "stop": self.stopped, "epochs_configured": epochs,
                 "epochs_run": steps / steps_per_epoch, "steps_run": steps, "distance": self.settings.distance,
-                "window": self.settings.window, "check": self.settings.check, "trace": list(self.trace)}
+                "window": self.settings.window, "check": self.settings.check, "check_time_s": self.check_time_s,
+                "trace": list(self.trace)}
