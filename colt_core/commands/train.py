@@ -21,12 +21,14 @@ from colt_core.prune.ticket import Ticket, TicketError, load_ticket
 from colt_core.registry import TaskEntry, get_task, task_of_config
 from colt_core.report import (
     ReportStyle,
+    given_ticket_markdown,
     per_class_columns,
     per_class_markdown,
     rounds_markdown,
     test_set_counts,
     test_set_line,
     test_set_note,
+    write_given_ticket_report,
     write_report,
 )
 from colt_core.run.rounds import RoundLoop, RunResult
@@ -150,7 +152,7 @@ def result_lines(result: RunResult, class_names: Sequence[str], style: ReportSty
     summary = result.summary
     lines = ["", ticket_line(result), rounds_markdown(summary, style.extra_columns)]
     columns = per_class_columns(summary)
-    if columns and style.mean_row is not None and len(class_names) <= style.markdown_class_limit:
+    if columns and len(class_names) <= style.markdown_class_limit:
         table = per_class_markdown(columns, class_names, digits=style.digits, mean_row=style.mean_row,
                                    counts=test_set_counts(summary)[1], count_title=style.count_title)
         lines.append(f"{style.per_class_title}, {metric_of(result)}:\n{table}")
@@ -188,8 +190,6 @@ def run_one(entry: TaskEntry, cfg: RunConfig, ticket: Ticket | None, prepared: A
 
 def report_given_ticket(run: RunDir, evaluation: Evaluation, class_names: Sequence[str], style: ReportStyle) -> None:
     """Write and print the report of a given ticket's training."""
-    from colt_core.report import given_ticket_markdown, write_given_ticket_report
-
     write_given_ticket_report(run, evaluation, class_names, style)
     click.echo("\n" + given_ticket_markdown(evaluation, style))
     click.echo(f"report: {run.report}")
