@@ -8,8 +8,8 @@ Every setting runs with several seeds to about 79% and about 90% sparsity (the p
 its `random_prune` control. One table: rounds, search time (the search trainings up to that round; ticket
 evaluations and controls apart) and its ratio to plain LTH's, ticket accuracy, control accuracy, their gap.
 
-    python benchmarks/bench_search.py                          # the full grid (hours on 2 CPU cores)
-    python benchmarks/bench_search.py --quick                  # one seed, LTH and COLT-2, 79%: a smoke test
+    python benchmarks/bench_search.py          # 8 settings at 8 epochs, 4 at 16, 3 seeds each (about 1 h on 2 cores)
+    python benchmarks/bench_search.py --quick  # one seed, LTH and COLT-2, 2 epochs, 79%: a smoke test
     python benchmarks/bench_search.py --settings lth,colt2,colt2_eb --seeds 0,1,2 --epochs 8
 
 Runs go to --out (default runs/bench_search), one folder per setting, seed and regime, each resumable:
@@ -18,7 +18,6 @@ rerunning the command continues where it stopped. Two runs train at a time, one 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -258,47 +257,57 @@ def diagnosis_table(results: dict[str, list[RunDir]]) -> str:
 
 
 # ----- the command --------------------------------------------------------------------------------------------
+MAIN = "lth,lth_eb,colt2,colt2_eb,colt2_increase,colt2_increase_eb,colt4,colt4_increase_eb"
+LONG = "lth,colt2,colt2_increase,colt2_increase_eb"
+
+
+def dense_line(summaries: dict[str, list[RunSummary]]) -> str:
+    """The dense model's accuracy: every run's round 0 ticket, over the settings and seeds of a regime."""
+    dense = [s.rounds[0].evaluation.value for got in summaries.values() for s in got
+             if s.rounds and s.rounds[0].evaluation]
+    return f"Dense model (every run's round 0): {spread(dense, 100, 2)}% over {len(dense)} trainings."
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="runs/bench_search", show_default=True, type=click.Path(file_okay=False))
-@click.option("--settings", "names", default=",".join(SETTINGS), show_default=True, help="comma-separated settings")
+@click.option("--settings", "names", default=MAIN, show_default=True,
+              help=f"comma-separated settings of the first regime, from: {', '.join(SETTINGS)}")
+@click.option("--long-settings", "long_names", default=LONG, show_default=True,
+              help="the settings of the later (longer) regimes")
 @click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--epochs", "epoch_list", default="8,32", show_default=True,
+@click.option("--epochs", "epoch_list", default="8,16", show_default=True,
               help="epochs per training, one regime each (comma-separated)")
 @click.option("--width", default=0.5, show_default=True, help="Conv-3 channel multiplier")
 @click.option("--target", default=0.90, show_default=True, help="the sparsity every run prunes to")
 @click.option("--jobs", default=2, show_default=True, help="runs trained at a time (one CPU thread each)")
 @click.option("--quick", is_flag=True, help="one seed, LTH and COLT-2, 2 epochs, to 79%: a smoke test")
-def main(out: str, names: str, seeds: str, epoch_list: str, width: float, target: float, jobs: int,
-         quick: bool) -> None:
+def main(out: str, names: str, long_names: str, seeds: str, epoch_list: str, width: float, target: float,
+         jobs: int, quick: bool) -> None:
     """Run the search benchmark on scikit-learn's digits and print its tables."""
     if quick:
         names, seeds, epoch_list, width, target = "lth,colt2", "0", "2", 0.25, 0.79
-    unknown = [n for n in names.split(",") if n not in SETTINGS]
+    epochs = [int(e) for e in epoch_list.split(",")]
+    regimes = {e: (names if i == 0 else long_names).split(",") for i, e in enumerate(epochs)}
+    unknown = sorted({n for settings in regimes.values() for n in settings if n not in SETTINGS})
     if unknown:
         raise click.BadParameter(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
-    root = Path(out)
+    root, seed_list = Path(out), [int(s) for s in seeds.split(",")]
     data = write_digits(root / "data")
-    grid = [(SETTINGS[n], int(s), int(e)) for e in epoch_list.split(",") for n in names.split(",")
-            for s in seeds.split(",")]
+    grid = [(SETTINGS[n], s, e) for e, settings in regimes.items() for n in settings for s in seed_list]
     start = time.perf_counter()
 
     def work(item: tuple[Setting, int, int]) -> float:
-        setting, seed, epochs = item
-        return run_one(run_config(setting, seed, epochs, data, width, target),
-                       root / f"e{epochs}" / setting.name / f"seed_{seed}")
+        setting, seed, e = item
+        out_dir = root / f"e{e}" / setting.name / f"seed_{seed}"
+        return run_one(run_config(setting, seed, e, data, width, target), out_dir)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(work, grid))
     report = [f"# Search benchmark: digits, Conv-3 ×{width}, seeds {seeds}, {time.perf_counter() - start:.0f} s", ""]
-    for epochs in epoch_list.split(","):
-        runs = {n: [RunDir(root / f"e{epochs}" / n / f"seed_{s}") for s in seeds.split(",")]
-                for n in names.split(",")}
+    for e, settings in regimes.items():
+        runs = {n: [RunDir(root / f"e{e}" / n / f"seed_{s}") for s in seed_list] for n in settings}
         summaries = {n: [read_summary(r) for r in rs] for n, rs in runs.items()}
-        report += [f"## {epochs} epochs a training", ""]
-        for name, got in summaries.items():
-            dense = [s.rounds[0].evaluation.value for s in got if s.rounds and s.rounds[0].evaluation]
-            report.append(f"- {name}: dense model {spread(dense, 100)}%")
-        report.append("")
+        report += [f"## {e} epochs a training", "", dense_line(summaries), ""]
         for level in (lv for lv in LEVELS if lv <= target):
             report += [table(summaries, level, reference="lth"), ""]
         checks, total = check_cost([s for got in summaries.values() for s in got])
@@ -308,8 +317,6 @@ def main(out: str, names: str, seeds: str, epoch_list: str, width: float, target
         report += ["What round 0's search trainings learn:", "", diagnosis_table(runs), ""]
     text = "\n".join(report)
     (root / "bench_search.md").write_text(text)
-    (root / "bench_search.json").write_text(json.dumps({"args": {"settings": names, "seeds": seeds,
-                                                                  "epochs": epoch_list, "width": width}}, indent=1))
     click.echo(text)
 
 
