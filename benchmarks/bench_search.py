@@ -208,7 +208,8 @@ def table(results: dict[str, list[RunSummary]], level: float, reference: str) ->
 # ----- what a partition learns (the diagnosis) ----------------------------------------------------------------
 def diagnosis(run: RunDir) -> dict[str, Any]:
     """Round 0 of a run: how far each training moved its conv weights from θ0 (relative L2, per layer), how
-    closely their magnitude ranks follow θ0's (Spearman), and how much the partitions' own masks overlap."""
+    closely their magnitude ranks follow θ0's (Spearman), and how much the partitions' own masks (by the run's
+    prune.score) overlap."""
     from colt_cls.models import create_model_from_description
 
     init = torch.load(run.init, weights_only=True)
@@ -218,13 +219,14 @@ def diagnosis(run: RunDir) -> dict[str, Any]:
                                   {"conv": 0.15, "fc": 0.2}, [ticket["architecture"].get("head", "head")])
     names = [n for g in groups if g.name == "conv" for n in g.params]
     parts = sorted(run.round(0).path.glob("partition_*"))
+    increase = (yaml.safe_load(run.config.read_text()).get("prune") or {}).get("score") == "magnitude_increase"
     moved, ranks, masks = [], [], []
     for part in parts:
         state = torch.load(part / "model.pt", weights_only=True)
         moved.append([float((state[n] - init[n]).norm() / init[n].norm()) for n in names])
         ranks.append([_spearman(state[n].abs().flatten(), init[n].abs().flatten()) for n in names])
         ones = {n: torch.ones_like(init[n], dtype=torch.bool) for g in groups for n in g.params}
-        masks.append(magnitude_prune(state, ones, groups))
+        masks.append(magnitude_prune(state, ones, groups, reference=init if increase else None))
     overlap = None
     if len(masks) >= 2:
         pruned = [torch.cat([~m[n].flatten() for n in names]) for m in masks]
