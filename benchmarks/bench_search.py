@@ -8,7 +8,7 @@ Every setting runs with several seeds to about 79% and about 90% sparsity (the p
 its `random_prune` control. One table: rounds, search time (the search trainings up to that round; ticket
 evaluations and controls apart) and its ratio to plain LTH's, ticket accuracy, control accuracy, their gap.
 
-    python benchmarks/bench_search.py          # 8 settings at 8 epochs, 4 at 16, 3 seeds each (about 1 h on 2 cores)
+    python benchmarks/bench_search.py          # 8 settings at 8 epochs, 2 at 16, 3 seeds each (about 1 h on 2 cores)
     python benchmarks/bench_search.py --quick  # one seed, LTH and COLT-2, 2 epochs, 79%: a smoke test
     python benchmarks/bench_search.py --settings lth,colt2,colt2_eb --seeds 0,1,2 --epochs 8
 
@@ -260,7 +260,7 @@ def diagnosis_table(results: dict[str, list[RunDir]]) -> str:
 
 # ----- the command --------------------------------------------------------------------------------------------
 MAIN = "lth,lth_eb,colt2,colt2_eb,colt2_increase,colt2_increase_eb,colt4,colt4_increase_eb"
-LONG = "lth,colt2,colt2_increase,colt2_increase_eb"
+LONG = "lth,colt2_increase_eb"
 
 
 def dense_line(summaries: dict[str, list[RunSummary]]) -> str:
