@@ -74,8 +74,12 @@ def test_report_tables_and_per_class_files(colt_run):
     run = tmp / "run"
     report = (run / "report.md").read_text()
     assert "| round | sparsity" in report and "voc07 mAP" in report
-    rows = [line for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    rounds_section = report.split("## Rounds", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in rounds_section.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 3 and all(line.split("|")[4].strip() for line in rows)  # rounds 0, 1, 2 evaluated
+    search = report.split("## Search", 1)[1].split("\n## ", 1)[0]
+    assert [line.split("|")[1].strip() for line in search.splitlines() if line.startswith("| ") and line[2].isdigit()
+            ] == ["0", "1"]  # rounds 0 and 1 trained the partitions that found rounds 1's and 2's masks
     for name in VOC_CLASSES:
         assert f"| {name} |" in report and f"| {name} |" in output
     per_class = json.loads((run / "per_class_ap.json").read_text())
