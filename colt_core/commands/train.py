@@ -22,6 +22,7 @@ from colt_core.registry import TaskEntry, get_task, task_of_config
 from colt_core.report import (
     ReportStyle,
     given_ticket_markdown,
+    metric_name,
     per_class_columns,
     per_class_markdown,
     rounds_markdown,
@@ -155,14 +156,9 @@ def result_lines(result: RunResult, class_names: Sequence[str], style: ReportSty
     if columns and len(class_names) <= style.markdown_class_limit:
         table = per_class_markdown(columns, class_names, digits=style.digits, mean_row=style.mean_row,
                                    counts=test_set_counts(summary)[1], count_title=style.count_title)
-        lines.append(f"{style.per_class_title}, {metric_of(result)}:\n{table}")
+        lines.append(f"{style.per_class_title}, {metric_name(summary)}:\n{table}")
     lines += [line for line in (test_set_note(summary), test_set_line(summary, style.count_title)) if line]
     return lines
-
-
-def metric_of(result: RunResult) -> str:
-    """The headline metric's name of a run's evaluations (e.g. "VOC07 mAP")."""
-    return next((r.evaluation.metric for r in result.summary.evaluated if r.evaluation), "metric")
 
 
 def run_one(entry: TaskEntry, cfg: RunConfig, ticket: Ticket | None, prepared: Any, *, resume: bool,
