@@ -8,6 +8,7 @@ dataset.
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from collections.abc import Callable, Iterable, Sequence
@@ -248,13 +249,51 @@ def _resolve_dataset_dir(root: Path, folder: str, probe: str) -> Path:
     return root / folder
 
 
+def _cifar_pickle_globals() -> dict[tuple[str, str], Any]:
+    """Everything a CIFAR batch's pickle may name: numpy arrays, their dtypes and scalars, and how they are
+    rebuilt (under numpy 1's module names, which the official Python 2 pickles use, and numpy 2's), and the
+    bytes of a protocol-2 pickle (`_codecs.encode`). Lists, dicts, strings and numbers need no name."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+CIFAR_PICKLE_GLOBALS = _cifar_pickle_globals()
+
+
+class NotACifarBatch(pickle.UnpicklingError):
+    """A pickle names something a CIFAR batch never holds."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what CIFAR batches hold: a pickle that would call anything else (such as
+    `os.system`, which any pickle may ask for) is refused before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return CIFAR_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise NotACifarBatch(f"{module}.{name}") from None
+
+
 def _read_cifar_pickle(name: str, root: Path, path: Path) -> dict[str, Any]:
-    """Unpickle one CIFAR file (Python 2 pickles: latin1 strings); keys come back as str."""
+    """Unpickle one CIFAR file (Python 2 pickles: latin1 strings) with `_CifarUnpickler`; keys come back as str."""
     if not path.is_file():
         raise dataset_error(name, root, f"missing file {path}")
     try:
         with open(path, "rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
+            entry = _CifarUnpickler(handle, encoding="latin1").load()
+    except NotACifarBatch as exc:
+        raise dataset_error(name, root, f"{path} is not a CIFAR batch: its pickle calls {exc}, which a CIFAR batch "
+                            "never holds (and which could run code), so it was not read") from None
     except Exception as exc:  # a truncated or foreign file fails in many ways inside pickle
         raise dataset_error(name, root, f"{path} is not a readable CIFAR pickle ({type(exc).__name__}: {exc})"
                             ) from exc

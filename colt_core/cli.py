@@ -42,7 +42,11 @@ def run_options(command: F) -> F:
         click.option("--out", type=click.Path(file_okay=False),
                      help="run directory (default: the config's output_dir)"),
         click.option("--resume", is_flag=True, help="continue the run in the output directory"),
-        click.option("--overwrite", is_flag=True, help="replace the run in the output directory"),
+        click.option("--overwrite", is_flag=True,
+                     help="replace the run in the output directory: once the config, data and weights check out, "
+                          "delete everything the old run wrote there (checkpoints, masks, tickets, reports, "
+                          "TensorBoard logs) and start afresh; a run that cannot start leaves the old one as it "
+                          "was"),
         click.option("-v", "--verbose", is_flag=True, help="debug logging"),
     ]
     for option in reversed(options):

@@ -27,9 +27,10 @@ class ConfigError(UserError, ValueError):
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, check: Check | None = None,
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field carrying its help text and an optional value check."""
-    metadata = {"help": help, "check": check}
+          default_factory: Any = dataclasses.MISSING, one_or_more: bool = False) -> Any:
+    """A dataclass field carrying its help text and an optional value check. `one_or_more` (for a list field
+    such as a list of paths): a single value is read as a list of that one value (`--set data.images=DIR`)."""
+    metadata = {"help": help, "check": check, "one_or_more": one_or_more}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -126,6 +127,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
+def _one_as_list(value: Any, tp: Any, key: str) -> Any:
+    """A single value of a `one_or_more` list field, as the list of that one value."""
+    try:
+        return _convert([value], tp, key)
+    except ConfigError:
+        raise ConfigError(f"{key}: expected a {_type_name(tp)}, or one {_type_name(get_args(tp)[0])}, got "
+                          f"{value!r}") from None
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a plain mapping, checking keys, types and ranges. A class may name keys it
     used to have in `MOVED_KEYS` ({old key: its new place}); such a key is refused with its new place."""
@@ -150,7 +160,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if get_origin(hints[name]) is dict and isinstance(raw, Mapping) and has_factory:
             # Mappings with defaults (e.g. per-group rates) are merged, so one entry can be overridden alone.
             raw = {**f.default_factory(), **raw}
-        value = _convert(raw, hints[name], key)
+        if f.metadata.get("one_or_more") and not isinstance(raw, list | tuple | Mapping) and raw is not None:
+            value = _one_as_list(raw, hints[name], key)
+        else:
+            value = _convert(raw, hints[name], key)
         check = f.metadata.get("check")
         if check is not None and value is not None:
             problem = check(value)
@@ -231,6 +244,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a YAML text file (byte {exc.start} is not UTF-8); save the config as "
+                          "UTF-8") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -11,22 +11,26 @@ Categories keep the dataset's own ids and names; labels are 0..K-1 by ascending 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
+import reprlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from colt_core.io import load_json_file
 from colt_det.data import (
+    IMAGE_ERRORS,
     BadAnnotationStats,
     DetectionDataError,
     ImageRecord,
     ObjectRecord,
+    path_inside,
     voc_to_xyxy,
     xyxy_to_voc,
 )
@@ -39,6 +43,16 @@ HOW_TO_GET_COCO = (
     "`python tools/make_synthetic_voc.py --format coco --out DIR`"
 )
 BORDER_TOLERANCE = 1.0  # pixels a box may pass the image border (COCO files are often rounded); clipped
+MAX_IMAGE_SIDE = 2**31 - 1  # pixels; PIL's limit, and far beyond any real image
+
+
+def _make_show() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlist, shown.maxdict = 3, 80, 40, 8, 6
+    return shown
+
+
+show_value = _make_show().repr  # a value from the file in a message: short, however long or deep it is
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,7 @@ def _short(values: Sequence[Any], limit: int = 8) -> str:
     return f"[{', '.join(str(v) for v in values[:limit])}, ... ({len(values)} in all)]"
 
 
-def _integer(value: Any) -> int | None:
+def coco_integer(value: Any) -> int | None:
     """An integer, or an integral float ("640.0" from some exporters); None for anything else."""
     if isinstance(value, bool):
         return None
@@ -100,15 +114,20 @@ def _integer(value: Any) -> int | None:
     return None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+def coco_number(value: Any) -> float | None:
+    """A finite float, or None for anything else (an integer too large for a float among them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def coco_box_numbers(bbox: Any) -> list[float] | None:
     """A COCO `bbox` as four finite floats, or None when it is not a list of four numbers."""
-    numbers = [_number(v) for v in bbox] if isinstance(bbox, list) else []
+    numbers = [coco_number(v) for v in bbox] if isinstance(bbox, list) else []
     return numbers if len(numbers) == 4 and None not in numbers else None  # type: ignore[return-value]
 
 
@@ -135,19 +154,16 @@ ID_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id"), 
 def read_coco_instances(path: str | Path) -> tuple[dict[str, Any], CocoCategories]:
     """The parsed instances file and its categories, after the structural checks every use needs.
 
-    Raises DetectionDataError (never skippable) when the file is missing, not JSON, not a COCO instances
-    file (no images/annotations/categories lists, entries that are not objects or lack a required key, ids
-    that are not integers), or its categories are empty or repeat an id or a name. Per-image and
-    per-annotation contents are checked by `load_coco`.
+    Raises DetectionDataError (never skippable) when the file is missing, cannot be read as JSON
+    (`colt_core.io.load_json_file`), is not a COCO instances file (no images/annotations/categories lists,
+    entries that are not objects or lack a required key, ids that are not integers, file names that are not
+    names), or its categories are empty or repeat an id or a name. Per-image and per-annotation contents
+    are checked by `load_coco`.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DetectionDataError(f"{path}: annotations file not found; {HOW_TO_GET_COCO}")
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DetectionDataError(f"{path}: not a JSON file ({exc}); {NOT_COCO}") from None
+    data = load_json_file(path, what="annotations file", fix=NOT_COCO, error=DetectionDataError)
     if not isinstance(data, dict):
         raise DetectionDataError(f"{path}: not a COCO instances file (the JSON is a {type(data).__name__}); "
                                  f"{NOT_COCO}")
@@ -162,30 +178,41 @@ def read_coco_instances(path: str | Path) -> tuple[dict[str, Any], CocoCategorie
             missing = [k for k in required if k not in entry]
             if missing:
                 raise DetectionDataError(
-                    f"{path}: {key}[{index}] (id {entry.get('id')!r}) has no {' or '.join(map(repr, missing))}; "
-                    f"every entry of {key!r} needs {', '.join(map(repr, required))}"
+                    f"{path}: {key}[{index}] (id {show_value(entry.get('id'))}) has no "
+                    f"{' or '.join(map(repr, missing))}; every entry of {key!r} needs {', '.join(map(repr, required))}"
                 )
             for k in ID_KEYS[key]:
-                if _integer(entry[k]) is None:
-                    raise DetectionDataError(f"{path}: {key}[{index}] has {k} {entry[k]!r}, not an integer id; "
-                                             "fix the entry")
+                if coco_integer(entry[k]) is None:
+                    raise DetectionDataError(f"{path}: {key}[{index}] has {k} {show_value(entry[k])}, not an integer "
+                                             "id; fix the entry")
         if key == "images":
             for index, entry in enumerate(entries):
-                if not isinstance(entry["file_name"], str) or not entry["file_name"]:
+                if not _is_file_name(entry["file_name"]):
                     raise DetectionDataError(f"{path}: image {entry['id']} (images[{index}]) has file_name "
-                                             f"{entry['file_name']!r}, not a file name; fix the entry")
+                                             f"{show_value(entry['file_name'])}, not a file name; fix the entry")
     return data, _categories(data["categories"], path)
+
+
+def _is_file_name(value: Any) -> bool:
+    """A non-empty string the file system can take as a path (no NUL byte, encodable)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeError:
+        return False
+    return True
 
 
 def _categories(entries: list[dict[str, Any]], path: Path) -> CocoCategories:
     if not entries:
         raise DetectionDataError(f"{path}: the 'categories' list is empty; list the dataset's categories as "
                                  "{\"id\": 1, \"name\": \"person\"} entries")
-    ids = [_integer(c["id"]) for c in entries]
+    ids = [coco_integer(c["id"]) for c in entries]
     for entry in entries:
         if not isinstance(entry["name"], str) or not entry["name"]:
-            raise DetectionDataError(f"{path}: category {entry['id']} has name {entry['name']!r}, not a name; "
-                                     "fix the entry")
+            raise DetectionDataError(f"{path}: category {entry['id']} has name {show_value(entry['name'])}, not a "
+                                     "name; fix the entry")
     for what, values in (("id", ids), ("name", [c["name"] for c in entries])):
         repeated = sorted(v for v, n in Counter(values).items() if n > 1)
         if repeated:
@@ -246,14 +273,15 @@ def load_coco(
     Image ids are unique within a file; the same id in two pairs gives two records with the same image_id.
 
     Structural problems (a missing images folder or annotations file, a file that is not a COCO instances
-    file, categories that differ) always raise. A bad image or annotation -- an annotation naming an unknown
-    image or category, a box that is malformed, has no area or leaves the image by more than
-    BORDER_TOLERANCE pixels (a box within it is clipped), an image whose size is missing or not positive,
-    whose file is missing, cannot be decoded or has another size, a repeated image or annotation id --
-    raises with on_bad_annotation="error"; with "skip" the *whole image* is dropped, a warning logged and
-    the drop counted in the stats (an unknown image id counts as a skipped image). As for VOC, dropping
-    only the bad object would keep pixels showing an object while the targets call it background.
-    Only image headers are read (size, format); a file corrupt past its header fails when it is loaded.
+    file, categories that differ, a file_name leading outside the images folder: found before any image of
+    that file is looked at) always raise. A bad image or annotation -- an annotation naming an unknown image
+    or category, a box that is malformed, has no area or leaves the image by more than BORDER_TOLERANCE pixels (a box
+    within it is clipped), an image whose size is missing or not positive, whose file is missing, cannot be
+    decoded or has another size, a repeated image or annotation id -- raises with on_bad_annotation="error";
+    with "skip" the *whole image* is dropped, a warning logged and the drop counted in the stats (an unknown
+    image id counts as a skipped image). As for VOC, dropping only the bad object would keep pixels showing an
+    object while the targets call it background. Only image headers are read (size, format); a file corrupt
+    past its header fails when it is loaded.
     """
     if on_bad_annotation not in ("error", "skip"):
         raise ValueError(f"on_bad_annotation={on_bad_annotation!r}: expected 'error' or 'skip'")
@@ -292,12 +320,13 @@ def _read_pair(
         raise DetectionDataError(f"{images_dir}: images folder not found (the images of {path}); {HOW_TO_GET_COCO}")
     if expected is not None:
         check_same_categories(expected, categories)
+    image_path = image_paths(data["images"], images_dir, path)
 
     annotations_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for ann in data["annotations"]:
-        annotations_of[_integer(ann["image_id"])].append(ann)  # type: ignore[index]
-    image_count = Counter(_integer(image["id"]) for image in data["images"])
-    annotation_count = Counter(_integer(ann["id"]) for ann in data["annotations"])
+        annotations_of[coco_integer(ann["image_id"])].append(ann)  # type: ignore[index]
+    image_count = Counter(coco_integer(image["id"]) for image in data["images"])
+    annotation_count = Counter(coco_integer(ann["id"]) for ann in data["annotations"])
 
     def bad(image_id: int, exc: DetectionDataError) -> None:
         if on_bad_annotation == "error":
@@ -310,8 +339,8 @@ def _read_pair(
 
     # Everything the JSON alone shows, before any image file is opened.
     candidates = []
-    for image in data["images"]:
-        image_id = _integer(image["id"])
+    for index, image in enumerate(data["images"]):
+        image_id = coco_integer(image["id"])
         assert image_id is not None
         try:
             if image_count[image_id] > 1:
@@ -319,14 +348,14 @@ def _read_pair(
                     f"{path}: image id {image_id} appears {image_count[image_id]} times in 'images'; image ids "
                     "must be unique: fix or remove the repeated entries", problem="duplicate_image_id")
             record = _image_record(image, image_id, annotations_of.get(image_id, []), annotation_count,
-                                   categories, images_dir, path)
+                                   categories, image_path[index], path)
         except DetectionDataError as exc:
             bad(image_id, exc)
             continue
         candidates.append(record)
     for image_id, anns in list(annotations_of.items()):
         if image_id not in image_count:
-            ids = [_integer(a["id"]) for a in anns]
+            ids = [coco_integer(a["id"]) for a in anns]
             bad(image_id, DetectionDataError(
                 f"{path}: annotation(s) {_short(ids)} name image id {image_id}, which is not in 'images'; add the "
                 "image or remove its annotations", problem="unknown_image_id"))
@@ -342,23 +371,45 @@ def _read_pair(
     return records, categories
 
 
+def image_paths(images: Sequence[Mapping[str, Any]], images_dir: Path, path: Path) -> list[Path]:
+    """The image files of the entries of `images`; raises, naming the image, its file_name and the annotations
+    file, when a file_name leads outside the image folder (`../x.jpg`, `/etc/passwd`). Only the names are
+    looked at, no file is opened (`colt_det.data.path_inside`).
+
+    Never skipped: an annotations file that reaches for files elsewhere on the disk is not a dataset with a
+    bad image, it is not a dataset to read at all.
+    """
+    paths = []
+    for image in images:
+        inside = path_inside(images_dir, image["file_name"])
+        if inside is None:
+            raise DetectionDataError(
+                f"{path}: image {image['id']} has file_name {show_value(image['file_name'])}, which leads outside its "
+                f"image folder {images_dir}; an annotations file may only name files inside the folder it is read "
+                "with (refused even with data.on_bad_annotation: skip): fix the file_name or put the image in "
+                "the folder")
+        paths.append(inside)
+    return paths
+
+
 def _image_record(
     image: Mapping[str, Any],
     image_id: int,
     annotations: Sequence[Mapping[str, Any]],
     annotation_count: Counter,
     categories: CocoCategories,
-    images_dir: Path,
+    image_path: Path,
     path: Path,
 ) -> ImageRecord:
-    width, height = _integer(image.get("width")), _integer(image.get("height"))
-    if width is None or height is None or width <= 0 or height <= 0:
-        size = " and ".join(f"{key} {image[key]!r}" if key in image else f"no {key}" for key in ("width", "height"))
-        raise DetectionDataError(f"{path}: image {image_id} has {size}; both must be positive integers: fix the "
-                                 "image entry", problem="bad_image_size")
+    width, height = coco_integer(image.get("width")), coco_integer(image.get("height"))
+    if width is None or height is None or not 0 < width <= MAX_IMAGE_SIDE or not 0 < height <= MAX_IMAGE_SIDE:
+        size = " and ".join(f"{key} {show_value(image[key])}" if key in image else f"no {key}"
+                            for key in ("width", "height"))
+        raise DetectionDataError(f"{path}: image {image_id} has {size}; both must be positive integers (pixels): "
+                                 "fix the image entry", problem="bad_image_size")
     objects = [_object(ann, image_id, width, height, annotation_count, categories, path) for ann in annotations]
-    return ImageRecord(image_id=str(image_id), image_path=images_dir / image["file_name"], width=width,
-                       height=height, objects=objects, year="", source_id=image_id)
+    return ImageRecord(image_id=str(image_id), image_path=image_path, width=width,
+                       height=height, objects=objects, year="", source_id=image_id, annotations=path)
 
 
 def _object(
@@ -370,12 +421,12 @@ def _object(
     categories: CocoCategories,
     path: Path,
 ) -> ObjectRecord:
-    ann_id = _integer(ann["id"])
+    ann_id = coco_integer(ann["id"])
     where = f"{path}: annotation {ann_id} (image {image_id})"
     if annotation_count[ann_id] > 1:
         raise DetectionDataError(f"{where}: annotation id {ann_id} appears {annotation_count[ann_id]} times; "
                                  "annotation ids must be unique: renumber them", problem="duplicate_annotation_id")
-    category_id = _integer(ann["category_id"])
+    category_id = coco_integer(ann["category_id"])
     if category_id not in categories.ids:
         raise DetectionDataError(f"{where} has category id {category_id}, which is not in 'categories' "
                                  f"{_short(categories.ids)}; fix the category id or add the category",
@@ -383,11 +434,11 @@ def _object(
     bbox = ann["bbox"]
     numbers = coco_box_numbers(bbox)
     if numbers is None:
-        raise DetectionDataError(f"{where} has bbox {bbox!r}, not [x, y, width, height]; fix the annotation",
+        raise DetectionDataError(f"{where} has bbox {show_value(bbox)}, not [x, y, width, height]; fix the annotation",
                                  problem="malformed_annotation")
-    crowd = ann.get("iscrowd", 0)
-    if crowd not in (0, 1):  # False/True compare equal to 0/1
-        raise DetectionDataError(f"{where} has iscrowd {crowd!r}, not 0 or 1; fix the annotation",
+    crowd = coco_crowd_flag(ann)
+    if crowd is None:
+        raise DetectionDataError(f"{where} has iscrowd {show_value(ann['iscrowd'])}, not 0 or 1; fix the annotation",
                                  problem="malformed_annotation")
     x, y, w, h = numbers
     if w <= 0 or h <= 0:
@@ -407,19 +458,32 @@ def _object(
                                      "image, not in it; fix or delete the annotation", problem="out_of_image_box")
     label = categories.label_of(category_id)  # type: ignore[arg-type]
     return ObjectRecord(name=categories.names[label], label=label, box=xyxy_to_voc((x, y, x1, y1)),
-                        difficult=False, truncated=False, crowd=bool(crowd))
+                        difficult=False, truncated=False, crowd=crowd)
+
+
+def coco_crowd_flag(annotation: Mapping[str, Any]) -> bool | None:
+    """An annotation's `iscrowd` (0 when absent) as a bool, or None when it is not 0 or 1."""
+    crowd = annotation.get("iscrowd", 0)
+    if isinstance(crowd, int | float) and crowd in (0, 1):  # False/True are 0/1 too
+        return bool(crowd)
+    return None
 
 
 def _check_image_file(record: ImageRecord, path: Path) -> None:
     """The file is there, its header decodes and its size is the annotated one (only the header is read)."""
     fix = f"put the image there or remove image {record.source_id} from {path}"
-    if not record.image_path.is_file():
+    try:
+        found = record.image_path.is_file()
+    except OSError as exc:
+        raise DetectionDataError(f"{record.image_path}: cannot read image {record.source_id} of {path} "
+                                 f"({exc.strerror}); {fix}", problem="unreadable_image") from None
+    if not found:
         raise DetectionDataError(f"{record.image_path}: image file not found (image {record.source_id} of {path}); "
                                  f"{fix}", problem="missing_image")
     try:
         with Image.open(record.image_path) as image:
             size = image.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except IMAGE_ERRORS as exc:
         raise DetectionDataError(f"{record.image_path}: cannot decode image {record.source_id} of {path} ({exc}); "
                                  f"replace the file or remove the image", problem="unreadable_image") from None
     if size != (record.width, record.height):

@@ -16,6 +16,8 @@ evaluation code; a COCO box [x, y, w, h] is xyxy (x, y, x + w, y + h).
 
 from __future__ import annotations
 
+import os
+import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +78,20 @@ class ImageRecord:
     objects: list[ObjectRecord]
     year: str  # VOC's year; "" for other sources
     source_id: int | None = None  # the image's id in its source (COCO), for results files
+    annotations: Path | None = None  # the file that annotates it (VOC's XML, a COCO instances file), for messages
+
+    def describe(self) -> str:
+        """"image 5 of instances.json" (COCO) or "image 000005" (VOC): which image a message is about."""
+        if self.source_id is not None:
+            return f"image {self.source_id} of {self.annotations}" if self.annotations else f"image {self.source_id}"
+        return f"image {self.image_id}"
+
+    def damaged_fix(self) -> str:
+        """How to repair or drop a missing or damaged image file, in the words of the image's format."""
+        if self.source_id is not None:
+            where = f" from {self.annotations}" if self.annotations else ""
+            return f"replace it with the dataset's original file or remove image {self.source_id}{where}"
+        return "restore it from the VOC tarball"
 
 
 @dataclass
@@ -162,15 +178,35 @@ def detections_from_outputs(
     return by_class
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """An image file as an HxWx3 uint8 array."""
+# What PIL raises for a damaged or hostile image file, beside OSError (a truncated file, a bad header).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+
+
+def load_rgb(record: ImageRecord) -> np.ndarray:
+    """A record's image file as an HxWx3 uint8 array; a missing or undecodable file raises, naming the image
+    (its id, and for COCO its annotations file) and the fix for its format."""
+    path = record.image_path
     try:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))  # a writable copy, as torch.from_numpy wants
     except FileNotFoundError:
-        raise DetectionDataError(f"{path}: image file not found; restore it from the VOC tarball") from None
-    except OSError as exc:
-        raise DetectionDataError(f"{path}: cannot decode image ({exc}); restore it from the VOC tarball") from None
+        raise DetectionDataError(f"{path}: image file not found ({record.describe()}); "
+                                 f"{record.damaged_fix()}") from None
+    except IMAGE_ERRORS as exc:
+        raise DetectionDataError(f"{path}: cannot decode {record.describe()} ({exc}); "
+                                 f"{record.damaged_fix()}") from None
+
+
+def path_inside(folder: Path, name: str) -> Path | None:
+    """`folder / name` with `..` collapsed, or None when it leads outside the folder (`../x.jpg`, `/etc/passwd`),
+    the folder's own symlinks resolved first. Only the text of `name` is looked at, nothing is opened; a
+    symlinked file inside the folder is inside. The path returned has no `..` left to walk back through a
+    symlink."""
+    base = Path(os.path.realpath(folder))
+    candidate = Path(os.path.normpath(base / name))
+    if candidate == base or not candidate.is_relative_to(base):
+        return None
+    return Path(folder) / candidate.relative_to(base)
 
 
 class DetectionDataset(Dataset):
@@ -257,11 +293,12 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.records[index]
         boxes, labels, difficult = self._objects[index]
-        image = load_rgb(record.image_path)
+        image = load_rgb(record)
         if image.shape[:2] != (record.height, record.width):
             raise DetectionDataError(
                 f"{record.image_path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
-                f"{record.width}x{record.height}; the image or XML is from another version of the data"
+                f"{record.width}x{record.height} ({record.describe()}); the image or the annotation is from another "
+                "version of the data"
             )
         if self.transforms is not None:
             image, boxes, kept = self.transforms(image, boxes, np.arange(len(labels), dtype=np.int64))

@@ -107,7 +107,11 @@ class VGGBoxHead(nn.Module):
 
 
 class SingleLevelRoIPool(nn.Module):
-    """Classic Fast R-CNN RoI max pooling with MultiScaleRoIAlign's call signature (one feature map)."""
+    """Classic Fast R-CNN RoI max pooling with MultiScaleRoIAlign's call signature (one feature map).
+
+    Under autocast it pools in float32 and returns the features' dtype, as torchvision's CUDA autocast runs
+    RoIPool (and its CPU and CUDA autocast RoIAlign): its CPU RoIPool has no bfloat16 or float16 kernel.
+    """
 
     def __init__(
         self,
@@ -126,7 +130,11 @@ class SingleLevelRoIPool(nn.Module):
         image_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         # image_shapes is unused: the stride is fixed at 16 and inputs are padded to a multiple of 32.
-        return self.pool(features[self.featmap_name], proposals)
+        x = features[self.featmap_name]
+        if not torch.is_autocast_enabled(x.device.type):
+            return self.pool(x, proposals)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.pool(x.float(), [p.float() for p in proposals]).to(x.dtype)
 
 
 def init_detector_weights(model: nn.Module, init: str = "xavier") -> None:

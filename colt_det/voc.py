@@ -15,6 +15,7 @@ from colt_det.data import (
     DetectionDataError,
     ImageRecord,
     ObjectRecord,
+    path_inside,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,16 +72,27 @@ def _flag(element: ET.Element, tag: str, path: Path) -> bool:
     return bool(_number(element, tag, path, integer=True))
 
 
-def parse_voc_xml(path: str | Path, classes: Sequence[str] = VOC_CLASSES) -> ImageRecord:
+# What reading an annotation file can raise beside a parse error: an unknown declared encoding (LookupError),
+# undecodable text (UnicodeError).
+_XML_ERRORS = (ET.ParseError, LookupError, UnicodeError)
+
+
+def parse_voc_xml(path: str | Path, classes: Sequence[str] = VOC_CLASSES, *,
+                  image_path: Path | None = None) -> ImageRecord:
     """Parse one VOC annotation file, validating class names and boxes; raises DetectionDataError on bad input.
 
-    The image is expected at `<year folder>/JPEGImages/<id>.jpg`, the id being the XML file's stem (the
-    <filename> element is not trusted: it is wrong in some re-exported datasets). A box is rejected when it
-    has no pixels (xmax < xmin or ymax < ymin; xmin == xmax is a one-pixel-wide box) or when it leaves the
-    image (xmin < 1, ymin < 1, xmax > width or ymax > height).
+    The image is expected at `image_path`, by default `<year folder>/JPEGImages/<id>.jpg`, the id being the
+    XML file's stem (the <filename> element is not trusted: it is wrong in some re-exported datasets). A box is
+    rejected when it has no pixels (xmax < xmin or ymax < ymin; xmin == xmax is a one-pixel-wide box) or when
+    it leaves the image (xmin < 1, ymin < 1, xmax > width or ymax > height).
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # e.g. an image id longer than the file system allows in a name
+        raise DetectionDataError(f"{path}: cannot look up the annotation ({exc.strerror}); fix the image id "
+                                 f"'{path.stem}' in the image set file", problem="unreadable_xml") from None
+    if not found:
         raise DetectionDataError(
             f"{path}: annotation file not found; restore it from the VOC tarball or remove "
             f"'{path.stem}' from the image set file",
@@ -88,10 +100,15 @@ def parse_voc_xml(path: str | Path, classes: Sequence[str] = VOC_CLASSES) -> Ima
         )
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
+    except _XML_ERRORS as exc:
         raise DetectionDataError(
             f"{path}: malformed annotation XML ({exc}); restore the file from the VOC tarball",
             problem="malformed_xml",
+        ) from None
+    except OSError as exc:
+        raise DetectionDataError(
+            f"{path}: cannot read the annotation ({exc.strerror}); restore the file from the VOC tarball",
+            problem="unreadable_xml",
         ) from None
     if root.tag != "annotation":
         raise DetectionDataError(
@@ -154,11 +171,12 @@ def parse_voc_xml(path: str | Path, classes: Sequence[str] = VOC_CLASSES) -> Ima
     match = re.fullmatch(r"VOC(\d{4})", year_dir.name)
     return ImageRecord(
         image_id=path.stem,
-        image_path=year_dir / "JPEGImages" / f"{path.stem}.jpg",
+        image_path=year_dir / "JPEGImages" / f"{path.stem}.jpg" if image_path is None else image_path,
         width=width,
         height=height,
         objects=objects,
         year=match.group(1) if match else year_dir.name,
+        annotations=path,
     )
 
 
@@ -206,7 +224,15 @@ def read_image_set(year_dir: Path, image_set: str) -> list[str]:
             f"{set_file}: image set file not found (available: {', '.join(available) or 'none'}); "
             f"check the image set name or re-unpack the VOC tarball; {HOW_TO_GET_VOC}"
         )
-    ids = [line.split()[0] for line in set_file.read_text().splitlines() if line.strip()]
+    try:
+        text = set_file.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not an id
+    except UnicodeDecodeError as exc:
+        raise DetectionDataError(f"{set_file}: not an image set file (byte {exc.start} is not UTF-8 text; the file "
+                                 "lists one image id a line); re-unpack the VOC tarball") from None
+    except OSError as exc:
+        raise DetectionDataError(f"{set_file}: cannot read the image set file ({exc.strerror}); re-unpack the VOC "
+                                 "tarball") from None
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise DetectionDataError(f"{set_file}: image set is empty; re-unpack the VOC tarball or choose another set")
     return ids
@@ -228,7 +254,8 @@ def load_voc_records(
 ) -> tuple[list[ImageRecord], BadAnnotationStats]:
     """Read the records of one or more VOC image sets (e.g. "2007+2012:trainval" is the 07+12 union).
 
-    Structural problems (no devkit, no year folder, missing or empty image set file) always raise.
+    Structural problems (no devkit, no year folder, missing or empty image set file, an image id whose
+    annotation or image path leads outside `Annotations/` or `JPEGImages/`) always raise.
     A bad annotation (missing or malformed XML, missing image, unknown class, zero-area or out-of-image
     box) raises with on_bad_annotation="error"; with "skip" the *whole image* is dropped, a warning logged
     and the drop counted in the returned stats. Dropping only the bad object would keep an image whose
@@ -241,8 +268,9 @@ def load_voc_records(
     for year, image_set in parse_sets(sets):
         year_dir = voc_year_dir(root, year)
         for image_id in read_image_set(year_dir, image_set):
+            xml, image = image_files(year_dir, image_set, image_id)
             try:
-                record = parse_voc_xml(year_dir / "Annotations" / f"{image_id}.xml", classes)
+                record = parse_voc_xml(xml, classes, image_path=image)
                 if not record.image_path.is_file():
                     raise DetectionDataError(
                         f"{record.image_path}: image file not found; restore it from the VOC tarball or "
@@ -253,7 +281,7 @@ def load_voc_records(
                 if on_bad_annotation == "error":
                     raise
                 logger.warning("skipping image %s: %s", image_id, exc)
-                objects = _count_objects(year_dir / "Annotations" / f"{image_id}.xml")
+                objects = _count_objects(xml)
                 stats.skipped_objects += objects or 0
                 stats.unreadable += objects is None
                 stats.skipped_image_ids.append(image_id)
@@ -268,9 +296,27 @@ def load_voc_records(
     return records, stats
 
 
+def image_files(year_dir: Path, image_set: str, image_id: str) -> tuple[Path, Path]:
+    """The annotation and image files of an image id listed in an image set; raises, naming the image set file
+    and the id, when either leads outside `Annotations/` or `JPEGImages/` (`../../etc/passwd`, `/etc/x`).
+
+    Only the id's text is looked at, no file is opened. Never skipped: an image set that reaches for files
+    elsewhere on the disk is not a dataset with a bad image, it is not a dataset to read at all.
+    """
+    xml = path_inside(year_dir / "Annotations", f"{image_id}.xml")
+    image = path_inside(year_dir / "JPEGImages", f"{image_id}.jpg")
+    if xml is None or image is None:
+        folder = "Annotations" if xml is None else "JPEGImages"
+        raise DetectionDataError(
+            f"{year_dir / 'ImageSets' / 'Main' / image_set}.txt: image id {image_id!r} leads outside "
+            f"{year_dir / folder}; an image set may only name files inside its year folder (refused even with "
+            "data.on_bad_annotation: skip): fix the line or re-unpack the VOC tarball")
+    return xml, image
+
+
 def _count_objects(path: Path) -> int | None:
     """How many objects an annotation file lists, or None when it cannot be read as XML."""
     try:
         return len(ET.parse(path).getroot().findall("object"))
-    except (OSError, ET.ParseError):
+    except (OSError, ValueError, *_XML_ERRORS):  # ValueError: a NUL byte in the image id, hence in the path
         return None

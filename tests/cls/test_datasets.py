@@ -3,10 +3,14 @@ and transforms."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
+import struct
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -154,6 +158,77 @@ def test_cifar100_missing_meta_is_reported(cifar100_root: Path, copy_of) -> None
     expected = r"missing file .*cifar-100-python.meta.*cifar-100-python\.tar\.gz"
     with pytest.raises(DatasetError, match=expected):
         load_dataset("cifar100", root, train=True)
+
+
+class _RunsACommand:
+    """What a hostile pickle holds: unpickling it calls `os.system` (or another callable) with its arguments."""
+
+    def __init__(self, call: object, *args: object) -> None:
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+# As a protocol-2 pickle names them (Python 2's module names where they differ).
+@pytest.mark.parametrize("call, named", [(os.system, "posix.system"), (subprocess.check_call, "commands.check_call"),
+                                         (eval, "__builtin__.eval")])
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(cifar10_root: Path, copy_of, tmp_path: Path,
+                                                                  call, named: str) -> None:
+    root = copy_of(cifar10_root)
+    marker = tmp_path / "ran"
+    command = f"touch {marker}"
+    args = {os.system: (command,), subprocess.check_call: (["touch", str(marker)],),
+            eval: (f"open({str(marker)!r}, 'w').close()",)}[call]
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    _dump(batch, {"data": np.zeros((2, 3072), np.uint8), "labels": _RunsACommand(call, *args)})
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("cifar10", root, train=False)
+    assert not marker.exists()
+    message = str(caught.value)
+    assert f"{batch} is not a CIFAR batch: its pickle calls {named}, which a CIFAR batch never holds" in message
+    assert "\n" not in message and "cifar-10-python.tar.gz" in message
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes what Python 2's cPickle wrote for the official batches: byte strings as str opcodes (read back with
+    encoding="latin1") and numpy's array rebuilders under numpy 1's module names."""
+
+    def save_bytes(self, obj: bytes) -> None:
+        size = len(obj)
+        opcode = pickle.SHORT_BINSTRING + bytes([size]) if size < 256 else pickle.BINSTRING + struct.pack("<i", size)
+        self.write(opcode + obj)
+        self.memoize(obj)
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        module = pickle.whichmodule(obj, obj.__name__).replace("numpy._core", "numpy.core")
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode("ascii"))
+        self.memoize(obj)
+
+    dispatch: ClassVar[dict] = {**pickle._Pickler.dispatch, bytes: save_bytes}
+
+
+def test_python2_batches_with_byte_string_keys_still_load(tmp_path: Path) -> None:
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    names = [name.encode("ascii") for name in CIFAR10_LABEL_NAMES]
+    batches = {}
+    for file in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        data, labels = rng.integers(0, 256, (3, 3072), dtype=np.uint8), rng.integers(0, 10, 3).tolist()
+        batches[file] = data, labels
+        content = {b"batch_label": b"training batch", b"labels": labels, b"data": data,
+                   b"filenames": [b"a.png", b"b.png", b"c.png"]}
+        with open(base / file, "wb") as handle:
+            _Python2Pickler(handle, protocol=2).dump(content)
+    with open(base / "batches.meta", "wb") as handle:
+        _Python2Pickler(handle, protocol=2).dump({b"label_names": names, b"num_vis": 3072})
+    assert b"numpy.core.multiarray\n_reconstruct" in (base / "test_batch").read_bytes()
+    test = load_dataset("cifar10", tmp_path, train=False)
+    data, labels = batches["test_batch"]
+    assert test.class_names == list(CIFAR10_LABEL_NAMES) and test.labels.tolist() == labels
+    assert np.array_equal(test.samples, data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert len(load_dataset("cifar10", tmp_path, train=True).labels) == 15
 
 
 # -------------------------------------------------------------------------------------- TinyImageNet

@@ -63,3 +63,27 @@ def test_partition_cross_checks():
     assert check_partitions(PruneConfig(partitions=21), SplitConfig(), 20)[0][0] == "prune.partitions"
     assert check_partitions(PruneConfig(partitions=2), SplitConfig(groups=[[0], [1], [2]]), 3)[0][0] == "split.groups"
     assert check_partitions(PruneConfig(method="lth", partitions=30), SplitConfig(), 20) == []
+
+
+@dataclass
+class Data:
+    images: list[str] = field(default_factory=list, help="image folders", one_or_more=True)
+    annotations: tuple[str, ...] = field((), help="annotation files", one_or_more=True)
+    types: list[str] = field(default_factory=list, help="module class names")
+
+
+def test_a_list_field_marked_one_or_more_takes_a_single_value_as_a_list_of_one(tmp_path):
+    assert from_dict(Data, {"images": "train2017", "annotations": "a.json"}) == Data(["train2017"], ("a.json",))
+    assert from_dict(Data, {"images": ["a", "b"], "annotations": ["x"]}) == Data(["a", "b"], ("x",))
+    (tmp_path / "data.yaml").write_text("images: mine/train\n")
+    loaded = load_config(Data, tmp_path / "data.yaml", ["annotations=mine/train.json"])
+    assert (loaded.images, loaded.annotations) == (["mine/train"], ("mine/train.json",))
+    with pytest.raises(ConfigError, match=r"^images: expected a list of str, or one str, got 3$"):
+        from_dict(Data, {"images": 3})
+    with pytest.raises(ConfigError, match=r"^images\[1\]: expected a string, got 4$"):
+        from_dict(Data, {"images": ["a", 4]})
+    with pytest.raises(ConfigError, match=r"^images: expected a list, got \{'a': 1\}$"):
+        from_dict(Data, {"images": {"a": 1}})
+    # A list field not marked keeps refusing a single value.
+    with pytest.raises(ConfigError, match=r"^types: expected a list, got 'Conv2d'$"):
+        from_dict(Data, {"types": "Conv2d"})

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import torch
 
-from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, read_json, staged_directory
+from colt_core.errors import UserError
+from colt_core.io import (
+    DiskFullError,
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    staged_directory,
+)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -109,3 +119,68 @@ def test_losing_the_rename_race_counts_as_done_only_for_the_same_tree(tmp_path: 
             _fill(folder, "a")
     assert (target / "theirs").is_file() and (target / "done").read_text() == ("a" if same else "other")
     assert [p.name for p in tmp_path.iterdir()] == ["tree"]  # this process's staging folder is gone
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch):
+    """`full_disk(code)`: from now on every write into a file opened by descriptor (the atomic writers' temporary
+    files) fails with `code`; the file system reports 1.5 MiB free."""
+    fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, file, code: int) -> None:
+            self._file, self._code = file, code
+
+        def write(self, data) -> int:
+            raise OSError(self._code, os.strerror(self._code))
+
+        def __getattr__(self, name: str):
+            return getattr(self._file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._file.close()
+
+    def fail_with(code: int) -> None:
+        monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(fdopen(fd, *a, **k), code))
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 3 * 2**19))
+    return fail_with
+
+
+@pytest.mark.parametrize("code, name", [(errno.ENOSPC, "ENOSPC"), (errno.EDQUOT, "EDQUOT")])
+def test_a_full_disk_is_one_user_error_naming_the_file_and_the_free_space_and_the_old_file_stays(
+        tmp_path: Path, full_disk, code: int, name: str):
+    atomic_write_text("old", tmp_path / "report.md")
+    atomic_save({"w": torch.ones(2)}, tmp_path / "model.pt")
+    old_model = (tmp_path / "model.pt").read_bytes()
+    full_disk(code)
+    with pytest.raises(DiskFullError) as text:
+        atomic_write_text("new", tmp_path / "report.md")
+    with pytest.raises(DiskFullError) as tensors:  # torch.save wraps the failed write in a RuntimeError
+        atomic_save({"w": torch.zeros(1000)}, tmp_path / "model.pt")
+    for caught, path in ((text, "report.md"), (tensors, "model.pt")):
+        assert isinstance(caught.value, UserError)
+        assert str(caught.value).startswith(f"{tmp_path / path}: {name}, "), caught.value
+        assert f"(1.5 MiB free on the file system of {tmp_path})" in str(caught.value)
+    assert (tmp_path / "report.md").read_text() == "old" and (tmp_path / "model.pt").read_bytes() == old_model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "report.md"]  # no temporary left
+
+
+def test_a_full_disk_in_a_staged_directory_names_the_target_and_leaves_nothing(tmp_path: Path):
+    target = tmp_path / "tree"
+    with pytest.raises(DiskFullError, match=rf"^{target}: ENOSPC, no space left on the device while writing it"):
+        with staged_directory(target, written=_done_with("a")) as folder:
+            (folder / "done").write_text("a")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "image.png"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_errors_are_not_taken_for_a_full_disk(tmp_path: Path, full_disk):
+    full_disk(errno.EIO)
+    with pytest.raises(OSError) as caught:
+        atomic_write_text("x", tmp_path / "f.txt")
+    assert caught.value.errno == errno.EIO and not isinstance(caught.value, DiskFullError)
+    assert list(tmp_path.iterdir()) == []

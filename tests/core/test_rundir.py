@@ -119,3 +119,56 @@ def test_a_run_written_before_a_setting_existed_resumes_when_it_used_that_settin
     run.config.write_text(yaml.safe_dump({**older, "colour": "red"}))
     with pytest.raises(RunDirError, match=r"config\.yaml: the stored config does not load \(colour: unknown key"):
         prepare_run_dir(run.path, current, resume=True, overwrite=False, complete=complete)
+
+
+def _old_run(path: Path) -> RunDir:
+    run = RunDir(path)
+    (run.round(0).path / "partition_0").mkdir(parents=True)
+    run.config.write_text("seed: 1\n")
+    (run.round(0).path / "partition_0" / "model.pt").write_bytes(b"weights")
+    return run
+
+
+def test_checking_a_run_dir_changes_nothing_and_starting_it_replaces_the_old_run_but_not_the_lock(tmp_path: Path):
+    from colt_core.rundir.policy import RunDirLock, check_run_dir, start_run_dir
+
+    run = _old_run(tmp_path / "run")
+    with RunDirLock(run.path):
+        listing = sorted(p.relative_to(run.path) for p in run.path.rglob("*"))
+        assert check_run_dir(run.path, {"seed": 1}, resume=False, overwrite=True) is True
+        assert check_run_dir(run.path, {"seed": 1}, resume=True, overwrite=False) is False
+        assert sorted(p.relative_to(run.path) for p in run.path.rglob("*")) == listing  # nothing changed
+        start_run_dir(run.path, replace=True)
+        assert sorted(p.name for p in run.path.iterdir()) == [".writer.lock", ".writer.pid"]
+        assert run.contents() == []
+        # A directory that holds only the writer's files holds no run: it starts afresh, with or without --resume.
+        assert check_run_dir(run.path, {"seed": 2}, resume=True, overwrite=False) is False
+        assert check_run_dir(run.path, {"seed": 2}, resume=False, overwrite=False) is False
+    assert sorted(p.name for p in run.path.iterdir()) == [".writer.lock"]  # the holder's id goes with the lock
+
+
+def test_a_second_lock_on_a_run_dir_is_refused_naming_the_holder_until_it_is_released(tmp_path: Path):
+    import os
+
+    from colt_core.rundir.policy import RunDirBusyError, RunDirLock
+
+    run = _old_run(tmp_path / "run")
+    first, second = RunDirLock(run.path), RunDirLock(run.path)
+    first.acquire()
+    with pytest.raises(RunDirBusyError) as refused:
+        second.acquire()
+    assert str(refused.value).startswith(f"{run.path} is being written by another process (pid {os.getpid()})")
+    first.release()
+    second.acquire()  # released: the next writer takes it
+    assert run.writer.read_text().split()[0] == str(os.getpid())
+    second.release()
+    second.release()  # releasing a lock not held does nothing
+
+
+def test_a_folder_that_holds_no_run_is_refused_before_a_lock_file_is_written_into_it(tmp_path: Path):
+    from colt_core.rundir.policy import RunDirLock
+
+    (tmp_path / "thesis.tex").write_text("x")
+    with pytest.raises(RunDirError, match=r"not empty and not a COLT run directory \(no config\.yaml\)"):
+        RunDirLock(tmp_path).acquire()
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]

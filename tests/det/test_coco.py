@@ -6,7 +6,9 @@ import copy
 import json
 import logging
 import math
+import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colt_det.coco import CocoCategories, coco_bbox, load_coco
+from colt_det.coco import NOT_COCO, CocoCategories, coco_bbox, load_coco
 from colt_det.coco_eval import coco_results, write_coco_results
 from colt_det.data import Detection, DetectionDataError, DetectionDataset, voc_to_xyxy, xyxy_to_voc
 
@@ -272,7 +274,8 @@ def test_skip_mode_drops_the_image_counts_and_warns(tmp_path, caplog, case):
 
 
 STRUCTURAL = {
-    "not_json": ("{not json", "not a JSON file"),
+    "not_json": ("{not json", "annotations file is not valid JSON (Expecting property name enclosed in double "
+                              "quotes at line 1 column 2)"),
     "a_list": ("[]", "not a COCO instances file (the JSON is a list)"),
     "no_annotations": ({"images": [], "categories": CATEGORIES}, "not a COCO instances file (no 'annotations' list)"),
     "image_without_file_name": ({"images": [{"id": 3}], "annotations": [], "categories": CATEGORIES},
@@ -371,3 +374,188 @@ def test_category_partitions_take_images_by_their_non_crowd_objects(tmp_path):
     assert people.image_ids == ["11", "5"] and people.label_names == ("person",)
     assert [people[i][1]["labels"].tolist() for i in range(2)] == [[1], [1]]
     assert people.summary()["per_class"] == {"person": 2}
+
+
+# ----- hostile and malformed files ------------------------------------------------------------------------
+
+
+class _Opened:
+    """Every path opened (by Python or PIL) or looked up while it is installed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import builtins
+        import io
+        import pathlib
+
+        import PIL.Image
+
+        self.paths: list[Path] = []
+        for owner, name in ((builtins, "open"), (io, "open"), (PIL.Image, "open"), (pathlib.Path, "stat")):
+            original = getattr(owner, name)
+
+            def spy(target, *args, _original=original, **kwargs):
+                if isinstance(target, str | Path):
+                    self.paths.append(Path(target))
+                return _original(target, *args, **kwargs)
+
+            monkeypatch.setattr(owner, name, spy)
+
+    def outside(self, folder: Path, *allowed: Path) -> list[Path]:
+        base = folder.resolve()
+        return [p for p in self.paths if p not in allowed and not Path(os.path.normpath(base / p)).is_relative_to(base)]
+
+
+@pytest.mark.parametrize("file_name", ["../../etc/passwd", "/etc/passwd", "../outside.jpg", "sub/../../outside.jpg"])
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_a_file_name_leading_outside_the_images_folder_is_refused_before_anything_is_opened(
+        tmp_path, monkeypatch, file_name, mode):
+    images = [*copy.deepcopy(IMAGES[:2]), {"id": 30, "file_name": file_name, "width": 64, "height": 48}]
+    images_dir, path = write_coco(tmp_path, images[:2])
+    # A valid JPEG of the annotated size beside the folder: an old reader trained on it without a word.
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "outside.jpg")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "images": images}))
+    opened = _Opened(monkeypatch)
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([(images_dir, path)], on_bad_annotation=mode)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert message == (f"{path}: image 30 has file_name {file_name!r}, which leads outside its image folder "
+                       f"{images_dir}; an annotations file may only name files inside the folder it is read with "
+                       "(refused even with data.on_bad_annotation: skip): fix the file_name or put the image in the "
+                       "folder")
+    assert info.value.problem is None  # never skipped
+    assert opened.outside(images_dir, path) == [] and not any(p.suffix == ".jpg" for p in opened.paths)
+
+
+def test_names_inside_the_folder_and_symlinks_stay_allowed(tmp_path):
+    real = tmp_path / "real"
+    images_dir, path = write_coco(real)
+    (images_dir / "sub").mkdir()
+    (images_dir / "b.jpg").rename(images_dir / "sub" / "b.jpg")
+    elsewhere = tmp_path / "elsewhere.jpg"
+    (images_dir / "c.jpg").rename(elsewhere)
+    (images_dir / "c.jpg").symlink_to(elsewhere)  # a symlinked file inside the folder is the user's choice
+    data = json.loads(path.read_text())
+    data["images"][1]["file_name"] = "sub/../sub/b.jpg"
+    path.write_text(json.dumps(data))
+    linked = tmp_path / "linked_images"
+    linked.symlink_to(images_dir, target_is_directory=True)  # and so is a symlinked folder
+    records, _, _ = load_coco([(linked, path)])
+    assert [r.image_path for r in records] == [linked / "a.jpg", linked / "sub" / "b.jpg", linked / "c.jpg"]
+    assert DetectionDataset(records, classes=("cat", "dog", "person"))[2][0].shape == (3, 48, 64)
+    # The folder's symlink is resolved first: from real/images, "../images/..." comes back in and
+    # "../elsewhere.jpg" is real/elsewhere.jpg, outside (as it is tmp_path/elsewhere.jpg by the link's own name).
+    data["images"][1]["file_name"] = "../images/sub/b.jpg"
+    path.write_text(json.dumps(data))
+    assert load_coco([(linked, path)])[0][1].image_path == linked / "sub" / "b.jpg"
+    data["images"][1]["file_name"] = "../elsewhere.jpg"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DetectionDataError, match=r"image 5 has file_name '\.\./elsewhere\.jpg', which leads outside"):
+        load_coco([(linked, path)])
+
+
+MALFORMED = {
+    # Shapes of JSON a fuzzer or a broken exporter writes: each is the loader's own error, never a Python one.
+    "images_a_dict": (lambda d: d.update(images={"id": 1}), "not a COCO instances file (no 'images' list)"),
+    "categories_a_string": (lambda d: d.update(categories="cat"), "no 'categories' list"),
+    "category_id_a_list": (lambda d: d["annotations"][0].update(category_id=[7]),
+                           "annotations[0] has category_id [7], not an integer id"),
+    "category_id_a_bool": (lambda d: d["categories"][0].update(id=True), "categories[0] has id True, not an integer"),
+    "file_name_a_number": (lambda d: d["images"][0].update(file_name=3), "image 11 (images[0]) has file_name 3, not a "
+                                                                        "file name"),
+    "file_name_with_nul": (lambda d: d["images"][0].update(file_name="a\0.jpg"), "has file_name 'a\\x00.jpg', not a "
+                                                                               "file name"),
+    "file_name_a_lone_surrogate": (lambda d: d["images"][0].update(file_name="\ud800.jpg"), "not a file name"),
+    "category_name_a_dict": (lambda d: d["categories"][0].update(name={"x": 1}), "category 7 has name {'x': 1}, not "
+                                                                               "a name"),
+    "a_long_value_is_cut_short": (lambda d: d["images"][0].update(id="x" * 10_000), "images[0] has id 'xxxxxxxx"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_shapes_are_data_errors(coco, case):
+    _, path = coco
+    data = json.loads(path.read_text())
+    change, fragment = MALFORMED[case]
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([coco], on_bad_annotation="skip")
+    assert str(info.value).startswith(f"{path}: ") and fragment in str(info.value), str(info.value)
+    assert len(str(info.value)) < 600 and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (dict(bbox="9 9 21 31"), "has bbox '9 9 21 31', not [x, y, width, height]"),
+    (dict(bbox=[9, 9, 10**400, 31]), "has bbox [9, 9, 1000000000"),  # too large for a float
+    (dict(bbox=[9, 9, [21], 31]), "has bbox [9, 9, [21], 31], not [x, y, width, height]"),
+    (dict(iscrowd=[1]), "has iscrowd [1], not 0 or 1"),
+    (dict(iscrowd="1"), "has iscrowd '1', not 0 or 1"),
+])
+def test_malformed_values_are_skippable_data_errors(tmp_path, change, fragment):
+    annotations = copy.deepcopy(ANNOTATIONS)
+    annotations[2].update(change)
+    pair = write_coco(tmp_path, annotations=annotations)
+    with pytest.raises(DetectionDataError, match=re.escape(fragment)) as info:
+        load_coco([pair])
+    assert info.value.problem == "malformed_annotation"
+    records, _, stats = load_coco([pair], on_bad_annotation="skip")
+    assert [r.image_id for r in records] == ["11", "30"] and stats.skipped_image_ids == ["5"]
+
+
+@pytest.mark.parametrize("width", [10**400, 2**31, 1e400])
+def test_an_absurd_image_size_is_a_bad_size(tmp_path, width):
+    images = copy.deepcopy(IMAGES)
+    images_dir, path = write_coco(tmp_path, images)
+    data = json.loads(path.read_text())
+    data["images"][1]["width"] = width  # json writes 1e400 as Infinity
+    path.write_text(json.dumps(data))
+    with pytest.raises(DetectionDataError, match=r"image 5 has width .* and height 48; both must be positive") as info:
+        load_coco([(images_dir, path)])
+    assert info.value.problem == "bad_image_size"
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b'{"images": [], "annotations": [], "categories": [{"id": 1, "name": "caf\xe9"}]}',
+     "annotations file is not UTF-8 text (byte 71: invalid continuation byte), as JSON files are"),
+    (b"[" * 100_000, "annotations file nests its lists or objects too deeply to be read"),
+    (b'{"images": [{"id": ' + b"9" * 5000 + b"}]}", "annotations file is not readable JSON (Exceeds the limit"),
+])
+def test_unreadable_json_is_one_line_naming_the_file(coco, content, fragment):
+    _, path = coco
+    path.write_bytes(content)
+    with pytest.raises(DetectionDataError) as info:
+        load_coco([coco], on_bad_annotation="skip")
+    message = str(info.value)
+    assert message.startswith(f"{path}: {fragment}") and message.endswith(NOT_COCO), message
+
+
+def test_an_undecodable_coco_image_names_the_image_and_its_annotations_file(coco):
+    images_dir, path = coco
+    whole = (images_dir / "b.jpg").read_bytes()
+    records, categories, _ = load_coco([coco])  # the header is whole: loading reads only the header
+    (images_dir / "b.jpg").write_bytes(whole[: len(whole) // 2])
+    dataset = DetectionDataset(records, classes=categories.names)
+    with pytest.raises(DetectionDataError) as info:
+        dataset[1]
+    message = str(info.value)
+    assert re.fullmatch(rf"{re.escape(str(images_dir / 'b.jpg'))}: cannot decode image 5 of {re.escape(str(path))} "
+                        rf"\(.+\); replace it with the dataset's original file or remove image 5 from "
+                        rf"{re.escape(str(path))}", message), message
+    assert "VOC" not in message
+    (images_dir / "b.jpg").unlink()
+    with pytest.raises(DetectionDataError) as info:
+        dataset[1]
+    assert str(info.value) == (f"{images_dir / 'b.jpg'}: image file not found (image 5 of {path}); replace it with the "
+                               f"dataset's original file or remove image 5 from {path}")
+
+
+def test_one_training_folder_may_be_given_as_a_path():
+    from colt_core.config import load_config
+    from colt_det.config import DetRunConfig
+
+    cfg = load_config(DetRunConfig, None, ["data.format=coco", "data.train_images=mine/train",
+                                           "data.train_annotations=mine/train.json", "data.test_images=mine/val",
+                                           "data.test_annotations=mine/val.json"])
+    assert cfg.data.coco_pairs() == ([("mine/train", "mine/train.json")], ("mine/val", "mine/val.json"))

@@ -101,6 +101,8 @@ BAD_ANNOTATIONS = {
         "not a number",
     ),
     "missing_image": ("JPEGImages/000002.jpg", None, "image file not found"),
+    "unknown_encoding": (ANNOTATION, '<?xml version="1.0" encoding="klingon"?><annotation/>',
+                         "malformed annotation XML (unknown encoding: klingon)"),
     "unknown_class": (ANNOTATION, None, "unknown class name 'unicorn'"),
     "zero_area_box": (ANNOTATION, None, "zero-area box"),
     "out_of_image_box": (ANNOTATION, None, "outside the 64x48 image"),
@@ -142,10 +144,11 @@ def test_skip_mode_drops_the_image_counts_and_warns(write_devkit, caplog, proble
         records, stats = load_voc_records(root, "2007:trainval", on_bad_annotation="skip")
     assert [r.image_id for r in records] == ["000001", "000003"]
     assert stats.skipped_image_ids == ["000002"]
-    expected_problem = "malformed_xml" if problem == "malformed_number" else problem
+    expected_problem = "malformed_xml" if problem in ("malformed_number", "unknown_encoding") else problem
     assert stats.by_problem == {expected_problem: 1}
-    unreadable = problem in ("missing_xml", "malformed_xml")
-    objects = {"missing_xml": 0, "malformed_xml": 0, "malformed_number": 1, "missing_image": 2}.get(problem, 1)
+    unreadable = problem in ("missing_xml", "malformed_xml", "unknown_encoding")
+    objects = {"missing_xml": 0, "malformed_xml": 0, "unknown_encoding": 0, "malformed_number": 1,
+               "missing_image": 2}.get(problem, 1)
     assert stats.as_dict() == {"images": 1, "objects": objects, "images_without_readable_annotation": int(unreadable),
                                "by_problem": {expected_problem: 1}}
     assert any(str(path) in rec.getMessage() for rec in caplog.records)
@@ -282,3 +285,83 @@ def test_collate_in_a_dataloader(synthetic_voc):
     assert isinstance(images, list) and len(images) == 4 and images[0].shape == (3, 64, 64)
     assert [t["image_id"] for t in targets] == [0, 1, 2, 3]
     assert collate_detection([]) == ([], [])
+
+
+# ----- hostile image sets ---------------------------------------------------------------------------------
+
+
+def _spy_on_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every path Python or PIL opens or looks up from now on."""
+    import builtins
+    import io
+    import pathlib
+    import xml.etree.ElementTree as ET
+
+    import PIL.Image
+
+    seen: list[Path] = []
+    for owner, name in ((builtins, "open"), (io, "open"), (PIL.Image, "open"), (pathlib.Path, "stat"), (ET, "parse")):
+        original = getattr(owner, name)
+
+        def spy(target, *args, _original=original, **kwargs):
+            if isinstance(target, str | Path):
+                seen.append(Path(target))
+            return _original(target, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("image_id", ["../../etc/passwd", "/etc/passwd", "../outside", "sub/../../outside"])
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_an_image_id_leading_outside_its_folders_is_refused_before_anything_is_opened(write_devkit, monkeypatch,
+                                                                                      image_id, mode):
+    root = write_devkit(IMAGES, {"trainval": ["000001", image_id]})
+    year_dir = root / "VOCdevkit" / "VOC2007"
+    # A valid annotation and image beside the folders: an old reader trained on them without a word.
+    (year_dir / "outside.xml").write_text((year_dir / "Annotations" / "000001.xml").read_text())
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(year_dir / "outside.jpg")
+    set_file = year_dir / "ImageSets" / "Main" / "trainval.txt"
+    seen = _spy_on_opens(monkeypatch)
+    with pytest.raises(DetectionDataError) as info:
+        load_voc_records(root, "2007:trainval", on_bad_annotation=mode)
+    monkeypatch.undo()
+    assert str(info.value) == (f"{set_file}: image id {image_id!r} leads outside {year_dir / 'Annotations'}; an image "
+                               "set may only name files inside its year folder (refused even with "
+                               "data.on_bad_annotation: skip): fix the line or re-unpack the VOC tarball")
+    assert info.value.problem is None
+    inside = [year_dir / "Annotations", year_dir / "JPEGImages"]
+    looked_up = (set_file, year_dir)  # finding the devkit and reading its image set
+    touched = [p for p in seen if p not in looked_up and not any(p.is_relative_to(folder) for folder in inside)]
+    assert touched == [] and "outside" not in " ".join(map(str, seen))
+
+
+def test_an_id_naming_a_file_in_a_sub_folder_stays_inside(write_devkit):
+    root = write_devkit(IMAGES, {"trainval": ["000001"]})
+    year_dir = root / "VOCdevkit" / "VOC2007"
+    for folder, suffix in (("Annotations", ".xml"), ("JPEGImages", ".jpg")):
+        (year_dir / folder / "extra").mkdir()
+        (year_dir / folder / f"000003{suffix}").rename(year_dir / folder / "extra" / f"000003{suffix}")
+    (year_dir / "ImageSets" / "Main" / "extra.txt").write_text("extra/000003\n")
+    (record,), _ = load_voc_records(root, "2007:extra")
+    assert record.image_path == year_dir / "JPEGImages" / "extra" / "000003.jpg"
+    assert record.annotations == year_dir / "Annotations" / "extra" / "000003.xml"
+
+
+def test_an_image_set_that_is_not_text_is_one_clear_error(voc_root):
+    set_file = voc_root / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt"
+    set_file.write_bytes("000001\n".encode("utf-16"))
+    with pytest.raises(DetectionDataError) as info:
+        load_voc_records(voc_root, "2007:trainval", on_bad_annotation="skip")
+    assert str(info.value) == (f"{set_file}: not an image set file (byte 0 is not UTF-8 text; the file lists one "
+                               "image id a line); re-unpack the VOC tarball")
+
+
+def test_an_undecodable_voc_image_names_the_image_and_the_tarball(voc_root):
+    records, _ = load_voc_records(voc_root, "2007:trainval")
+    jpeg = records[1].image_path
+    jpeg.write_bytes(jpeg.read_bytes()[:200])
+    with pytest.raises(DetectionDataError) as info:
+        DetectionDataset(records, classes=VOC_CLASSES)[1]
+    assert re.fullmatch(rf"{re.escape(str(jpeg))}: cannot decode image 000002 \(.+\); restore it from the VOC "
+                        "tarball", str(info.value)), str(info.value)
