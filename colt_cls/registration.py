@@ -23,6 +23,12 @@ def report_style(config: Mapping[str, Any]) -> Any:
     return style_for_data(config)
 
 
+def report_figure(run: Any, summary: Any) -> Any:
+    from colt_cls.report import report_figure as draw
+
+    return draw(run, summary)
+
+
 def export_target(architecture: Mapping[str, Any]) -> Any:
     from colt_cls.export import classifier_export_target
 
@@ -37,4 +43,4 @@ def _datasets() -> dict[str, Any]:
 
 ENTRY = register_task(TaskEntry(
     name="classification", config=ClsRunConfig, build=build, report_style=report_style,
-    export_target=export_target, datasets=_datasets()))
+    export_target=export_target, datasets=_datasets(), report_figure=report_figure))

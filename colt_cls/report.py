@@ -1,5 +1,6 @@
-"""How a classification run's report reads: top-1 and top-5 accuracy, per-class test accuracy, and the titles
-of a given ticket's report, which name the dataset it was trained on (a ticket transfer)."""
+"""How a classification run's report reads: top-1 and top-5 accuracy, per-class test accuracy, the titles of a
+given ticket's report, which name the dataset it was trained on (a ticket transfer), and the figure of the
+dense model's and the final ticket's confusion matrices."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from colt_cls.figure import TICK_LABEL_LIMIT, draw_confusion_figure
+from colt_core.io import atomic_write_bytes
 from colt_core.report import ReportStyle
+from colt_core.report.figure import ReportFigure, saved_previews
+from colt_core.rundir import RunDir, RunSummary
 
 REPORT = ReportStyle(
     title="COLT classification run", per_class_title="Per-class test accuracy (%)", per_class_name="accuracy",
@@ -29,3 +34,21 @@ def report_style(config: Mapping[str, Any]) -> ReportStyle:
     braced = str(dataset).replace("{", "{{").replace("}", "}}")  # the titles are format strings
     return replace(REPORT, given_ticket_title=f"Ticket transfer to {braced}",
                    given_control_title=f"The {{control}} control of a ticket, on {braced}")
+
+
+def report_figure(run: RunDir, summary: RunSummary) -> ReportFigure | None:
+    """confusion.png: the row-normalised test-set confusion matrices of the dense model and of the last
+    evaluated ticket, from their evaluations' previews; None where no evaluation kept one (an older run)."""
+    columns = saved_previews(run, summary)
+    if not columns:
+        return None
+    path = run.figure("confusion")
+    atomic_write_bytes(draw_confusion_figure(columns), path)
+    classes = len(columns[0][1]["classes"])
+    names = "" if classes <= TICK_LABEL_LIMIT else (
+        f" With {classes} classes the axes carry no class names; each evaluation's matrix, in the dataset's "
+        "class order, is in its preview.json.")
+    caption = (f"Test-set confusion matrices of {', '.join(title for title, _ in columns)}: the true class down, "
+               "the predicted class across, each row divided by the true class's test images (row-normalised)."
+               + names)
+    return ReportFigure(path=path, title="Confusion matrices", caption=caption)

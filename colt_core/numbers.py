@@ -1,4 +1,5 @@
-"""Numbers in stored records and in tables: one rule for what counts as a number, one for a fraction in percent.
+"""Numbers in stored records and in tables: one rule for what counts as a number (and an interval), one for a
+fraction in percent (with its interval).
 
 A foundation module: the run records (`colt_core.rundir`) and the reports (`colt_core.report`) both use it.
 """
@@ -24,3 +25,22 @@ def percent(value: Any, digits: int = 2, unit: str = "") -> str:
     "" for anything `as_number` does not take (None, NaN, a missing value)."""
     number = as_number(value)
     return "" if number is None else f"{100 * number:.{digits}f}{unit}"
+
+
+def as_interval(value: Any) -> tuple[float, float] | None:
+    """`value` as (lo, hi) when it is a pair of real numbers, as records store an interval ([lo, hi]); None
+    otherwise (no interval, or one the task could not compute)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    lo, hi = (as_number(v) for v in value)
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def percent_interval(value: Any, interval: Any, digits: int = 2) -> str:
+    """A fraction in percent with its interval in brackets, "70.60 [67.10, 73.80]"; as `percent` alone where the
+    interval is missing (an older record) or the value is."""
+    shown = percent(value, digits)
+    bounds = as_interval(interval)
+    if not shown or bounds is None:
+        return shown
+    return f"{shown} [{percent(bounds[0], digits)}, {percent(bounds[1], digits)}]"

@@ -39,7 +39,9 @@ class TaskEntry:
     `architecture_from_config(config, num_classes)` describes the model of a run that has no ticket yet
     (`num_classes`: the run's class count, background not counted; None: the config's own). `commands` are
     click commands `colt` gains (e.g. `eval`), and `datasets` maps a `colt make-data` name to the click command
-    that writes that synthetic dataset.
+    that writes that synthetic dataset. `report_figure(run_dir, summary)` draws the task's figure of a run's
+    report from what its evaluations saved (`TrainingDir.preview`) and returns it (a
+    `colt_core.report.figure.ReportFigure`), or None where there is nothing to draw (e.g. an older run).
     """
 
     name: str
@@ -52,6 +54,7 @@ class TaskEntry:
     architecture_from_config: Callable[[Mapping[str, Any], int | None], dict[str, Any]] | None = None
     commands: Mapping[str, Any] = field(default_factory=dict)
     datasets: Mapping[str, Any] = field(default_factory=dict)
+    report_figure: Callable[[Any, Any], Any] | None = None
 
 
 _TASKS: dict[str, TaskEntry] = {}

@@ -27,9 +27,21 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from colt_core.io import atomic_write_text
-from colt_det.coco import CocoCategories, check_same_categories, coco_bbox, coco_box_numbers, read_coco_instances
+from colt_core.intervals import Bootstrap
+from colt_core.io import atomic_write_text, load_json_file
+from colt_det.coco import (
+    CocoCategories,
+    check_same_categories,
+    coco_bbox,
+    coco_box_numbers,
+    coco_crowd_flag,
+    coco_integer,
+    coco_number,
+    read_coco_instances,
+    show_value,
+)
 from colt_det.data import Detection, DetectionDataError, ImageRecord, check_detection_classes
+from colt_det.intervals import coco_intervals
 from colt_det.voc import VOC_CLASSES
 from colt_det.voc_eval import mean_ap
 
@@ -68,11 +80,13 @@ def evaluate_coco(
     detections_by_class: Mapping[str, Sequence[Detection]],
     records: Sequence[ImageRecord],
     classes: Sequence[str] = VOC_CLASSES,
+    bootstrap: Bootstrap | None = None,
 ) -> dict[str, Any]:
     """{"metric": "coco", "mAP": AP@[.5:.95], "AP50", "AP75", "per_class": {name: AP@[.5:.95]}} as fractions.
 
     All at area "all" and 100 detections per image, as COCOeval's headline number. A class without
-    non-difficult ground truth gets NaN and is left out of every mean.
+    non-difficult ground truth gets NaN and is left out of every mean. With `bootstrap`, also "interval" and
+    "AP50_interval": the bootstrap intervals of AP@[.5:.95] and AP50 over the records (`colt_det.intervals`).
     """
     check_detection_classes(detections_by_class, classes)
     image_index = {record.image_id: k + 1 for k, record in enumerate(records)}
@@ -102,12 +116,17 @@ def evaluate_coco(
     if not results:
         # pycocotools cannot load an empty result list; with no detections every AP is 0.
         zero = {name: (0.0 if has_gt[c] else math.nan) for c, name in enumerate(classes)}
-        return _headline(zero, zero, zero)
+        headline = _headline(zero, zero, zero)
+        if bootstrap is not None:  # every resample with ground truth scores 0 too
+            interval = [0.0, 0.0] if any(has_gt) else None
+            headline.update({"interval": interval, "AP50_interval": interval})
+        return headline
 
     ground_truth = build_coco_ground_truth(records, classes)
     with _quiet():
         detections = ground_truth.loadRes(results)
-    return _headline(*_per_category_ap(ground_truth, detections, classes))
+    evaluator = _coco_eval(ground_truth, detections)
+    return _with_intervals(_headline(*_per_category_ap(evaluator, classes)), evaluator, bootstrap)
 
 
 def _headline(per_class: dict[str, float], per_class_ap50: dict[str, float],
@@ -127,19 +146,30 @@ def _quiet() -> Any:
         logger.debug("pycocotools: %s", captured.getvalue())
 
 
-def _per_category_ap(
-    ground_truth: COCO, detections: COCO, names: Sequence[str], image_ids: Iterable[int] | None = None
-) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """AP@[.5:.95], AP50 and AP75 per category (area "all", 100 detections), NaN without ground truth.
-
-    `names` are in ascending category id order, the order of COCOeval's category axis.
-    """
+def _coco_eval(ground_truth: COCO, detections: COCO, image_ids: Iterable[int] | None = None) -> COCOeval:
+    """COCOeval (bbox) of the detections on the images (all, or `image_ids`), evaluated and accumulated."""
     with _quiet():
         evaluator = COCOeval(ground_truth, detections, iouType="bbox")
         if image_ids is not None:
             evaluator.params.imgIds = sorted(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
+    return evaluator
+
+
+def _with_intervals(result: dict[str, Any], evaluator: COCOeval, bootstrap: Bootstrap | None) -> dict[str, Any]:
+    """`result` with the bootstrap intervals of its AP@[.5:.95] and AP50 added, when a bootstrap is asked for."""
+    return result if bootstrap is None else {**result, **coco_intervals(evaluator, bootstrap)}
+
+
+def _per_category_ap(
+    evaluator: COCOeval, names: Sequence[str]
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """AP@[.5:.95], AP50 and AP75 per category (area "all", 100 detections) of an accumulated COCOeval, NaN
+    without ground truth.
+
+    `names` are in ascending category id order, the order of COCOeval's category axis.
+    """
     # precision[t, r, k, a, m]: IoU threshold, recall point, category, area range, max detections;
     # -1 where a category has no ground truth.
     precision = evaluator.eval["precision"][:, :, :, 0, evaluator.params.maxDets.index(100)]
@@ -167,6 +197,7 @@ def evaluate_coco_results(
     *,
     categories: CocoCategories | None = None,
     image_ids: Iterable[int] | None = None,
+    bootstrap: Bootstrap | None = None,
 ) -> dict[str, Any]:
     """COCOeval (bbox) of a COCO results list or file against the ground truth of an instances file.
 
@@ -175,20 +206,22 @@ def evaluate_coco_results(
     without (non-crowd) ground truth gets NaN and is left out of every mean. Crowd regions are
     pycocotools' own affair. With `categories` (those a model was trained on) the file's must be equal.
     `image_ids` (the dataset's ids) restricts the evaluation to those images, e.g. those `load_coco` kept
-    in skip mode; by default every image of the file counts, with or without detections.
+    in skip mode; by default every image of the file counts, with or without detections. With `bootstrap`,
+    also "interval" and "AP50_interval": the bootstrap intervals of AP@[.5:.95] and AP50 over those images.
     """
     path = Path(annotations_json)
     data, file_categories = read_coco_instances(path)
     if categories is not None:
         check_same_categories(categories, file_categories)
-    for key, ids in (("images", [i["id"] for i in data["images"]]), ("annotations", [a["id"] for a in
-                                                                                    data["annotations"]])):
+    images = [{"id": coco_integer(i["id"])} for i in data["images"]]
+    annotations = [_ground_truth(a, path) for a in data["annotations"]]
+    for key, ids in (("images", [i["id"] for i in images]), ("annotations", [a["id"] for a in annotations])):
         repeated = sorted(v for v, n in Counter(ids).items() if n > 1)
         if repeated:
             raise DetectionDataError(f"{path}: {key} ids {repeated[:8]} appear more than once; ids must be unique "
                                      "for pycocotools to evaluate: fix the annotations file")
-    evaluated = {i["id"] for i in data["images"]} if image_ids is None else set(image_ids)
-    if unknown := sorted(evaluated - {i["id"] for i in data["images"]}):
+    evaluated = {i["id"] for i in images} if image_ids is None else set(image_ids)
+    if unknown := sorted(evaluated - {i["id"] for i in images}):
         raise ValueError(f"image_ids {unknown[:8]} are not images of {path}")
     detections = _read_results(results)
     if foreign := sorted({d["image_id"] for d in detections} - evaluated):
@@ -203,15 +236,10 @@ def evaluate_coco_results(
                                  f"are not categories of {path} ({list(file_categories.ids)}); the detections are "
                                  "of another label set")
 
-    annotations = []
-    for a in data["annotations"]:
-        if (bbox := coco_box_numbers(a["bbox"])) is None:
-            raise DetectionDataError(f"{path}: annotation {a['id']} (image {a['image_id']}) has bbox {a['bbox']!r}, "
-                                     "not [x, y, width, height]; fix the annotation")
-        # pycocotools needs "area" and "iscrowd" on every ground truth box; files without them get the defaults.
-        annotations.append({"area": bbox[2] * bbox[3], "iscrowd": 0, **a})
     ground_truth = COCO()
-    ground_truth.dataset = {**data, "annotations": annotations}
+    ground_truth.dataset = {"images": images, "annotations": annotations,
+                            "categories": [{"id": i, "name": n} for i, n in zip(file_categories.ids,
+                                                                                file_categories.names, strict=True)]}
     with _quiet():
         ground_truth.createIndex()
         if detections:
@@ -219,12 +247,32 @@ def evaluate_coco_results(
         else:
             # loadRes cannot take an empty list; an empty results set gives 0 where there is ground truth.
             predicted = COCO()
-            predicted.dataset = {"images": list(data["images"]), "categories": data["categories"],
+            predicted.dataset = {"images": images, "categories": ground_truth.dataset["categories"],
                                  "annotations": []}
             predicted.createIndex()
-    per_class, per_class_ap50, per_class_ap75 = _per_category_ap(
-        ground_truth, predicted, file_categories.names, evaluated if image_ids is not None else None)
-    return {**_headline(per_class, per_class_ap50, per_class_ap75), "per_class_AP50": per_class_ap50}
+    evaluator = _coco_eval(ground_truth, predicted, evaluated if image_ids is not None else None)
+    per_class, per_class_ap50, per_class_ap75 = _per_category_ap(evaluator, file_categories.names)
+    return _with_intervals({**_headline(per_class, per_class_ap50, per_class_ap75), "per_class_AP50": per_class_ap50},
+                           evaluator, bootstrap)
+
+
+def _ground_truth(annotation: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """A ground truth box for pycocotools, of the checked values only: pycocotools needs "area" and "iscrowd" on
+    every box (files without them get the box's area and 0) and fails on values of the wrong type."""
+    where = f"{path}: annotation {annotation['id']} (image {annotation['image_id']})"
+    if (bbox := coco_box_numbers(annotation["bbox"])) is None:
+        raise DetectionDataError(f"{where} has bbox {show_value(annotation['bbox'])}, not [x, y, width, height]; "
+                                 "fix the annotation")
+    if (crowd := coco_crowd_flag(annotation)) is None:
+        raise DetectionDataError(f"{where} has iscrowd {show_value(annotation['iscrowd'])}, not 0 or 1; fix the "
+                                 "annotation")
+    area = coco_number(annotation.get("area", bbox[2] * bbox[3]))
+    if area is None:
+        raise DetectionDataError(f"{where} has area {show_value(annotation['area'])}, not a number; fix the "
+                                 "annotation or leave the area out")
+    return {"id": coco_integer(annotation["id"]), "image_id": coco_integer(annotation["image_id"]),
+            "category_id": coco_integer(annotation["category_id"]), "bbox": bbox, "area": area,
+            "iscrowd": int(crowd)}
 
 
 def _results_name(results: list[dict] | str | Path) -> str:
@@ -235,33 +283,46 @@ def _read_results(results: list[dict] | str | Path) -> list[dict[str, Any]]:
     """Checked copies of the results (loadRes adds keys to the dicts it is given)."""
     where = _results_name(results)
     if isinstance(results, str | Path):
-        path = Path(results)
-        if not path.is_file():
-            raise DetectionDataError(f"{path}: results file not found; pass a COCO results JSON "
-                                     '([{"image_id", "category_id", "bbox", "score"}, ...])')
-        try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DetectionDataError(f"{path}: not a JSON file ({exc}); pass a COCO results JSON") from None
+        results = load_json_file(results, what="results file", error=DetectionDataError,
+                                 fix=f"pass a COCO results JSON ([{RESULT_ENTRY}, ...])")
     if not isinstance(results, list):
         raise DetectionDataError(f"{where}: a COCO results file is a JSON list of detections, not a "
                                  f"{type(results).__name__}")
-    checked = []
-    for index, entry in enumerate(results):
-        try:
-            image_id, category_id = entry["image_id"], entry["category_id"]
-            bbox, score = [float(v) for v in entry["bbox"]], float(entry["score"])
-            ok = (all(isinstance(i, int) and not isinstance(i, bool) for i in (image_id, category_id))
-                  and len(bbox) == 4 and all(math.isfinite(v) for v in (*bbox, score)))
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
-            raise DetectionDataError(
-                f"{where}: entry {index} is {json.dumps(entry)[:200]}; expected "
-                '{"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": number}'
-            )
-        checked.append({"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score})
-    return checked
+    return [_result(entry, index, where) for index, entry in enumerate(results)]
+
+
+RESULT_ENTRY = '{"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": number}'
+RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+def _result(entry: Any, index: int, where: str) -> dict[str, Any]:
+    """One checked detection of a results list; raises, naming the entry and what is wrong with it in words."""
+    if not isinstance(entry, dict):
+        raise DetectionDataError(f"{where}: entry {index} is {show_value(entry)}, not an object; every detection "
+                                 f"is {RESULT_ENTRY}")
+    if missing := [key for key in RESULT_KEYS if key not in entry]:
+        raise DetectionDataError(f"{where}: entry {index} lacks {_keys(missing)} ({show_value(entry)}); every "
+                                 f"detection is {RESULT_ENTRY}")
+    image_id, category_id = entry["image_id"], entry["category_id"]
+    bbox, score = coco_box_numbers(entry["bbox"]), coco_number(entry["score"])
+    wrong = [f"{key!r} is {show_value(entry[key])}, not an integer id" for key, value in
+             (("image_id", image_id), ("category_id", category_id)) if isinstance(value, bool) or
+             not isinstance(value, int)]
+    if bbox is None:
+        wrong.append(f"'bbox' is {show_value(entry['bbox'])}, not a list of four numbers [x, y, w, h]")
+    if score is None:
+        wrong.append(f"'score' is {show_value(entry['score'])}, not a number")
+    if wrong:
+        raise DetectionDataError(f"{where}: entry {index}: {'; '.join(wrong)}; every detection is {RESULT_ENTRY}")
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+def _keys(names: Sequence[str]) -> str:
+    """['score'] -> "the key 'score'", ['bbox', 'score'] -> "the keys 'bbox' and 'score'"."""
+    quoted = [repr(name) for name in names]
+    if len(quoted) == 1:
+        return f"the key {quoted[0]}"
+    return f"the keys {', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 def format_coco_table(result: Mapping[str, Any]) -> str:

@@ -51,6 +51,12 @@ def report_style(config: Mapping[str, Any]) -> Any:
     return style_for_metric((config.get("eval") or {}).get("metric", "voc07"))
 
 
+def report_figure(run: Any, summary: Any) -> Any:
+    from colt_det.report import report_figure as draw
+
+    return draw(run, summary)
+
+
 def export_target(architecture: Mapping[str, Any]) -> Any:
     from colt_det.export import detection_export_target
 
@@ -78,4 +84,4 @@ def _datasets() -> dict[str, Any]:
 ENTRY = register_task(TaskEntry(
     name="detection", config=DetRunConfig, build=build, report_style=report_style, export_target=export_target,
     prepare=prepare, notes=notes, architecture_from_config=architecture_from_config,
-    commands=_commands(), datasets=_datasets()))
+    commands=_commands(), datasets=_datasets(), report_figure=report_figure))

@@ -15,6 +15,9 @@ Numerically the same as the widely used Python port of the VOC devkit (py-faster
   (`use_07_metric=True`) or the VOC2010+ area under the precision envelope.
 
 A class without non-difficult ground truth has AP NaN and is left out of the mAP.
+
+Matching (`match_class`) and AP (`class_ap`) are separate steps: a bootstrap resample of the images only
+re-counts the matches (`colt_det.intervals`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +61,12 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
     return float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))
 
 
-def _ground_truth(records: Sequence[ImageRecord], class_name: str) -> tuple[dict[str, Any], int]:
-    """Per image: boxes, difficult flags and matched flags of `class_name`; plus the non-difficult count."""
+def _ground_truth(records: Sequence[ImageRecord], class_name: str) -> tuple[dict[str, Any], np.ndarray]:
+    """Per image id: its record index, boxes, difficult flags and matched flags of `class_name`; and each
+    record's number of non-difficult boxes of it."""
     gt: dict[str, Any] = {}
-    npos = 0
-    for record in records:
+    positives = np.zeros(len(records), dtype=np.int64)
+    for index, record in enumerate(records):
         if record.image_id in gt:
             raise DetectionDataError(
                 f"image id {record.image_id!r} appears twice in the evaluation records; evaluate one "
@@ -70,27 +75,41 @@ def _ground_truth(records: Sequence[ImageRecord], class_name: str) -> tuple[dict
         objects = [obj for obj in record.objects if obj.name == class_name]
         boxes = np.array([obj.box for obj in objects], dtype=np.float64).reshape(-1, 4)
         difficult = np.array([obj.ignored for obj in objects], dtype=bool)  # difficult, or a crowd region
-        gt[record.image_id] = (boxes, difficult, np.zeros(len(objects), dtype=bool))
-        npos += int((~difficult).sum())
-    return gt, npos
+        gt[record.image_id] = (index, boxes, difficult, np.zeros(len(objects), dtype=bool))
+        positives[index] = int((~difficult).sum())
+    return gt, positives
 
 
-def eval_class(
+@dataclass(frozen=True)
+class ClassMatches:
+    """One class's detections matched to its ground truth: what AP is computed from, for the evaluated image
+    set or for any multiset of its images (a bootstrap resample).
+
+    A detection is matched within its own image only, so an image counted twice is two images with the same
+    matches. `images`, `tp` and `fp` run over the detections in rank order: the record index of each one's
+    image, and 1.0 where it is a true (false) positive; a detection of a difficult object is neither.
+    `positives` holds each record's number of non-difficult boxes of the class.
+    """
+
+    images: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    positives: np.ndarray
+
+
+def match_class(
     detections: Sequence[Detection],
     records: Sequence[ImageRecord],
     class_name: str,
     *,
     iou_threshold: float = 0.5,
-    use_07_metric: bool,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Recall, precision (one entry per detection, in rank order) and AP of one class.
-
-    `records` is the whole evaluated image set, including images without this class. Recall is NaN and
-    AP NaN when the class has no non-difficult ground truth.
-    """
-    gt, npos = _ground_truth(records, class_name)
+) -> ClassMatches:
+    """Rank one class's detections by score and match each to the ground truth of its image (see the module
+    docstring); `records` is the whole evaluated image set, including images without this class."""
+    gt, positives = _ground_truth(records, class_name)
     scores = np.array([d.score for d in detections], dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
+    images = np.zeros(len(detections), dtype=np.int64)
     tp = np.zeros(len(detections))
     fp = np.zeros(len(detections))
     for rank, index in enumerate(order):
@@ -100,7 +119,7 @@ def eval_class(
                 f"detection of {class_name!r} on image {detection.image_id!r}, which is not in the evaluated "
                 "image set; evaluate with the image set the detections were made on"
             )
-        gt_boxes, difficult, matched = gt[detection.image_id]
+        images[rank], gt_boxes, difficult, matched = gt[detection.image_id]
         best_iou, best = -math.inf, -1
         if len(gt_boxes):
             x0, y0, x1, y1 = (float(v) for v in detection.box)
@@ -125,19 +144,59 @@ def eval_class(
                 matched[best] = True
         else:
             fp[rank] = 1.0
-    tp = np.cumsum(tp)
-    fp = np.cumsum(fp)
-    if npos == 0:
-        return np.full(len(tp), np.nan), tp / np.maximum(tp + fp, np.finfo(np.float64).eps), math.nan
-    rec = tp / float(npos)
+    return ClassMatches(images=images, tp=tp, fp=fp, positives=positives)
+
+
+def class_ap(matches: ClassMatches, *, use_07_metric: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """Recall, precision (one entry per ranked detection) and AP of one class's matches; recall is NaN and AP
+    NaN without non-difficult ground truth."""
+    npos = int(matches.positives.sum())
+    tp = np.cumsum(matches.tp)
+    fp = np.cumsum(matches.fp)
     prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    if npos == 0:
+        return np.full(len(tp), np.nan), prec, math.nan
+    rec = tp / float(npos)
     return rec, prec, voc_ap(rec, prec, use_07_metric)
+
+
+def eval_class(
+    detections: Sequence[Detection],
+    records: Sequence[ImageRecord],
+    class_name: str,
+    *,
+    iou_threshold: float = 0.5,
+    use_07_metric: bool,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Recall, precision (one entry per detection, in rank order) and AP of one class.
+
+    `records` is the whole evaluated image set, including images without this class. Recall is NaN and
+    AP NaN when the class has no non-difficult ground truth.
+    """
+    matches = match_class(detections, records, class_name, iou_threshold=iou_threshold)
+    return class_ap(matches, use_07_metric=use_07_metric)
 
 
 def mean_ap(per_class: Mapping[str, float]) -> float:
     """Mean over the classes whose AP is defined (not NaN); NaN when none is."""
     defined = [ap for ap in per_class.values() if not math.isnan(ap)]
     return float(np.mean(defined)) if defined else math.nan
+
+
+def match_voc(
+    detections_by_class: Mapping[str, Sequence[Detection]],
+    records: Sequence[ImageRecord],
+    classes: Sequence[str] = VOC_CLASSES,
+) -> dict[str, ClassMatches]:
+    """Every class's matches (`match_class`); a class missing from `detections_by_class` has no detections."""
+    check_detection_classes(detections_by_class, classes)
+    return {name: match_class(detections_by_class.get(name, ()), records, name) for name in classes}
+
+
+def voc_result(matches: Mapping[str, ClassMatches], *, use_07_metric: bool) -> dict[str, Any]:
+    """{"metric": "voc07" | "voc12", "mAP", "per_class": {name: AP}} of every class's matches."""
+    per_class = {name: class_ap(m, use_07_metric=use_07_metric)[2] for name, m in matches.items()}
+    return {"metric": "voc07" if use_07_metric else "voc12", "mAP": mean_ap(per_class), "per_class": per_class}
 
 
 def evaluate_voc(
@@ -152,16 +211,7 @@ def evaluate_voc(
     Returns {"metric": "voc07" | "voc12", "mAP": float, "per_class": {name: AP}}; a class with no
     non-difficult ground truth gets AP NaN and is excluded from the mAP.
     """
-    check_detection_classes(detections_by_class, classes)
-    per_class = {
-        name: eval_class(detections_by_class.get(name, ()), records, name, use_07_metric=use_07_metric)[2]
-        for name in classes
-    }
-    return {
-        "metric": "voc07" if use_07_metric else "voc12",
-        "mAP": mean_ap(per_class),
-        "per_class": per_class,
-    }
+    return voc_result(match_voc(detections_by_class, records, classes), use_07_metric=use_07_metric)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -230,12 +280,16 @@ def read_results_files(
             missing.append(name)
             detections[name] = []
             continue
-        with path.open() as f:
-            detections[name] = [
-                _parse_results_line(line, path, number)
-                for number, line in enumerate(f, start=1)
-                if line.strip()
-            ]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DetectionDataError(f"{path}: not a results file (byte {exc.start} is not UTF-8 text; each line is "
+                                     "'image_id score xmin ymin xmax ymax')") from None
+        detections[name] = [
+            _parse_results_line(line, path, number)
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip()
+        ]
     if len(missing) == len(classes):
         raise DetectionDataError(
             f"{results_dir}: no results files named {prefix}<class>.txt; check the folder and the file prefix"

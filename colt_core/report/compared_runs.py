@@ -51,6 +51,8 @@ class ComparedRound:
     value: float | None = None
     per_class: dict[str, float] = field(default_factory=dict)
     controls: dict[str, float | None] = field(default_factory=dict)  # control name -> its value
+    interval: tuple[float, float] | None = None  # the value's, where the evaluation carries one
+    control_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # control name -> its interval
 
     @property
     def wall_time_s(self) -> float | None:
@@ -134,7 +136,10 @@ def _read_round(rdir: RoundDir, r: int, stored: RoundRecord | None) -> ComparedR
         metric=evaluation.metric if evaluation else None, value=evaluation.value if evaluation else None,
         per_class={k: v for k, v in (evaluation.per_class if evaluation else {}).items()
                    if isinstance(v, (int, float))},
-        controls={name: control.value for name, control in controls.items()})
+        controls={name: control.value for name, control in controls.items()},
+        interval=evaluation.interval() if evaluation else None,
+        control_intervals={name: interval for name, control in controls.items()
+                           if (interval := control.interval()) is not None})
 
 
 def read_run(path: str | Path, label: str | None = None) -> ComparedRun:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from colt_core.numbers import percent
+from colt_core.numbers import percent, percent_interval
 from colt_core.report.compared_runs import ComparedRun
 from colt_core.report.series import Series, Spread
 
@@ -18,6 +18,16 @@ def _sparsity(x: float | None) -> str:
 
 def _secs(x: float | None) -> str:
     return "" if x is None else f"{x:.1f}"
+
+
+INTERVALS_TEXT = ("In brackets: the interval the run's evaluation gave a value over its test set (a 95% bootstrap "
+                  "interval over the test images, as the run's report.md says): how far the choice of test images "
+                  "alone moves it.")
+
+
+def _with_interval(row: Mapping[str, Any], key: str) -> str:
+    """A row's value in percent, with its interval ("KEY_lo", "KEY_hi") in brackets when the row has one."""
+    return percent_interval(row[key], (row.get(f"{key}_lo"), row.get(f"{key}_hi")))
 
 
 def _row(cells: Sequence[Any]) -> str:
@@ -43,7 +53,7 @@ def runs_markdown(runs: Sequence[ComparedRun]) -> str:
         final_eval = run.evaluated[-1] if run.evaluated else None
         rates = ", ".join(f"{k} {v}" for k, v in (run.config.get("prune", {}).get("rates") or {}).items())
         metric = "" if final_eval is None else \
-            f"{final_eval.metric} {percent(final_eval.value)} (round {final_eval.round})"
+            f"{final_eval.metric} {percent_interval(final_eval.value, final_eval.interval)} (round {final_eval.round})"
         state = "" if run.finished else " (unfinished)"
         lines.append(_row([run.label, run.path, f"{run.method}{state}", run.partitions, rates, last.round,
                            _sparsity(last.sparsity), _sparsity(last.prune_rate), metric,
@@ -83,13 +93,17 @@ def series_rounds_to_sparsity_markdown(series: Sequence[Series], rows: Sequence[
 
 
 def metric_markdown(rows: Sequence[Mapping[str, Any]], controls: Sequence[str] = ()) -> str:
-    """Every evaluated ticket of every run: both sparsities, its metric's value and each control's."""
+    """Every evaluated ticket of every run: both sparsities, its metric's value and each control's, with their
+    intervals in brackets where the rows carry them (and a line under the table saying what they are)."""
     lines = ["| run | round | sparsity (prunable weights) | prune rate (all parameters) | metric | "
              "value (%) |" + "".join(f" {name} (%) |" for name in controls),
              "|---|---:|---:|---:|---|---:|" + "---:|" * len(controls)]
     for row in rows:
         lines.append(_row([row["run"], row["round"], _sparsity(row["sparsity"]), _sparsity(row["prune_rate"]),
-                           row["metric"] or "", percent(row["value"]), *(percent(row[name]) for name in controls)]))
+                           row["metric"] or "", _with_interval(row, "value"),
+                           *(_with_interval(row, name) for name in controls)]))
+    if any(key.endswith("_lo") for row in rows for key in row):
+        lines += ["", INTERVALS_TEXT]
     return "\n".join(lines)
 
 

@@ -58,10 +58,20 @@ def control_names(runs: Sequence[ComparedRun]) -> list[str]:
 
 
 def metric_rows(runs: Sequence[ComparedRun], controls: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Every evaluated ticket: run, round, both sparsities, metric and value, and a column per control."""
-    return [{"run": run.label, "round": r.round, "sparsity": r.sparsity, "prune_rate": r.prune_rate,
+    """Every evaluated ticket: run, round, both sparsities, metric and value, and a column per control. Where a
+    run's evaluations carry intervals, "value_lo"/"value_hi" (and "NAME_lo"/"NAME_hi" for a control) bound the
+    value; where none of the runs' do, the rows have no such keys."""
+    rounds = [(run, r) for run in runs for r in run.evaluated]
+    rows = [{"run": run.label, "round": r.round, "sparsity": r.sparsity, "prune_rate": r.prune_rate,
              "metric": r.metric, "value": r.value, **{name: r.controls.get(name) for name in controls}}
-            for run in runs for r in run.evaluated]
+            for run, r in rounds]
+    intervals = {"value": [r.interval for _, r in rounds],
+                 **{name: [r.control_intervals.get(name) for _, r in rounds] for name in controls}}
+    for key, bounds in intervals.items():
+        if any(b is not None for b in bounds):
+            for row, b in zip(rows, bounds, strict=True):
+                row[f"{key}_lo"], row[f"{key}_hi"] = b if b is not None else (None, None)
+    return rows
 
 
 def wall_time_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
@@ -103,7 +113,11 @@ def search_rows(runs: Sequence[ComparedRun]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    """Rows as CSV (empty cells for None), written atomically."""
+    """Rows as CSV (empty cells for None), written atomically; a column whose rows carry its interval
+    ("COLUMN_lo", "COLUMN_hi", as `metric_rows` gives them) is followed by those two."""
+    columns = [c for column in columns
+               for c in ([column, f"{column}_lo", f"{column}_hi"] if any(f"{column}_lo" in row for row in rows)
+                         else [column])]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(columns)

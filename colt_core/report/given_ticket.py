@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from colt_core.io import atomic_write_text
-from colt_core.numbers import percent
+from colt_core.numbers import percent, percent_interval
 from colt_core.report.per_class import per_class_csv, per_class_markdown
+from colt_core.report.rounds_table import evaluations_interval_note
 from colt_core.report.style import ReportStyle
 from colt_core.rundir import Evaluation, RunDir
 
@@ -25,7 +26,8 @@ def found_on(architecture: Mapping[str, Any]) -> str | None:
 
 def given_ticket_markdown(evaluation: Evaluation, style: ReportStyle | None = None) -> str:
     """The one-row table of a given ticket (or its control) trained on the full data: what was trained, where
-    the ticket was found (when it says), both sparsities, the metric and the style's extra columns."""
+    the ticket was found (when it says), both sparsities, the metric and the style's extra columns (each with
+    its interval in brackets when the evaluation carries one)."""
     ticket = evaluation.get("ticket")
     extra = dict(style.extra_columns) if style is not None else {}
     origin = found_on(ticket["architecture"])
@@ -33,8 +35,10 @@ def given_ticket_markdown(evaluation: Evaluation, style: ReportStyle | None = No
     cells = [ticket["path"], ticket.get("control") or "the ticket", *([origin] if origin else [])]
     figures = ["sparsity (prunable weights, %)", "prune rate (all parameters, %)", f"{evaluation.metric} (%)",
                *(f"{title} (%)" for title in extra.values()), "wall time (s)"]
-    cells += [percent(ticket["sparsity"]), percent(ticket["prune_rate"]), percent(evaluation.value),
-              *(percent(evaluation.get(key)) for key in extra), f"{evaluation.wall_time_s:.1f}"]
+    cells += [percent(ticket["sparsity"]), percent(ticket["prune_rate"]),
+              percent_interval(evaluation.value, evaluation.interval()),
+              *(percent_interval(evaluation.get(key), evaluation.interval(key)) for key in extra),
+              f"{evaluation.wall_time_s:.1f}"]
     return "\n".join(["| " + " | ".join([*heads, *figures]) + " |", "|" + "---|" * len(heads) + "---:|" * len(figures),
                       "| " + " | ".join(cells) + " |"])
 
@@ -53,6 +57,8 @@ def write_given_ticket_report(run: RunDir, evaluation: Evaluation, class_names: 
     control = evaluation.get("ticket").get("control")
     columns = {f"{control} control" if control else "ticket": evaluation.per_class}
     parts = [f"# {given_ticket_title(evaluation, style)}", "", given_ticket_markdown(evaluation, style), ""]
+    if (note := evaluations_interval_note([evaluation])) is not None:
+        parts += [note, ""]
     if evaluation.per_class and len(class_names) <= style.markdown_class_limit:
         parts += [f"## {style.per_class_title}", "",
                   per_class_markdown(columns, class_names, digits=style.digits, mean_row=style.mean_row), ""]

@@ -318,7 +318,8 @@ def test_coco_results_bad_input(instances, tmp_path):
         evaluate_coco_results(path, [good, {**good, "image_id": 7}])
     with pytest.raises(DetectionDataError, match=r"category id\(s\) \[4\], which are not categories of"):
         evaluate_coco_results(path, [{**good, "category_id": 4}])
-    with pytest.raises(DetectionDataError, match=r"results: entry 1 is .*expected \{\"image_id\": int"):
+    with pytest.raises(DetectionDataError, match=r"results: entry 1: 'bbox' is \[1, 2, 3\], not a list of four "
+                                                 r"numbers \[x, y, w, h\]; every detection is \{\"image_id\": int"):
         evaluate_coco_results(path, [good, {**good, "bbox": [1, 2, 3]}])
     missing = tmp_path / "missing.json"
     with pytest.raises(DetectionDataError, match=f"{re.escape(str(missing))}: results file not found"):
@@ -370,3 +371,78 @@ def test_eval_det_tool_on_a_coco_results_file(instances, tmp_path):
         assert usage.exit_code == 2, usage.output
     neither = runner.invoke(main, ["--results", str(results_file)])
     assert neither.exit_code == 2 and "--voc-root DIR (Pascal VOC) or --coco-annotations FILE" in neither.output
+
+
+GOOD = {"image_id": 100, "category_id": 3, "bbox": [1.0, 1.0, 5.0, 5.0], "score": 0.5}
+SHAPE = '; every detection is {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score": number}'
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({k: v for k, v in GOOD.items() if k != "score"},
+     "entry 1 lacks the key 'score' ({'bbox': [1.0, 1.0, 5.0, 5.0], 'category_id': 3, 'image_id': 100})"),
+    ({"image_id": 100, "category_id": 3}, "entry 1 lacks the keys 'bbox' and 'score' ({'category_id': 3, "
+                                          "'image_id': 100})"),
+    ({**GOOD, "score": "0.5"}, "entry 1: 'score' is '0.5', not a number"),
+    ({**GOOD, "score": 10**400}, "entry 1: 'score' is 100000000000000000...0000000000000000000, not a number"),
+    ({**GOOD, "bbox": "1234"}, "entry 1: 'bbox' is '1234', not a list of four numbers [x, y, w, h]"),
+    ({**GOOD, "image_id": "100", "category_id": 3.0},
+     "entry 1: 'image_id' is '100', not an integer id; 'category_id' is 3.0, not an integer id"),
+    ([100, 3, [1, 1, 5, 5], 0.5], "entry 1 is [100, 3, [1, 1, 5, 5], 0.5], not an object"),
+])
+def test_a_bad_results_entry_says_which_key_is_missing_or_wrong(instances, tmp_path, entry, problem):
+    path, _ = instances
+    results_file = tmp_path / "detections.json"
+    results_file.write_text(json.dumps([GOOD, entry]))
+    with pytest.raises(DetectionDataError) as info:
+        evaluate_coco_results(path, results_file)
+    assert str(info.value) == f"{results_file}: {problem}{SHAPE}"
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"[" * 100_000 + b"]" * 100_000, "results file nests its lists or objects too deeply to be read"),
+    ('[{"image_id": 100, "category_id": 3, "bbox": [1, 1, 5, 5], "score": 0.5, "note": "é"}]'.encode("latin-1"),
+     "results file is not UTF-8 text (byte 82: invalid continuation byte), as JSON files are"),
+    (b'[{"image_id": 100,', "results file is not valid JSON (Expecting property name enclosed in double quotes at "
+                            "line 1 column 19)"),
+])
+def test_an_unreadable_results_file_is_one_error_line_naming_it(instances, tmp_path, content, fragment):
+    path, _ = instances
+    results_file = tmp_path / "detections.json"
+    results_file.write_bytes(content)
+    with pytest.raises(DetectionDataError) as info:
+        evaluate_coco_results(path, results_file)
+    message = str(info.value)
+    assert message.startswith(f"{results_file}: {fragment}") and message.endswith("; pass a COCO results JSON "
+                                                                                '([{"image_id": int, "category_id": '
+                                                                                'int, "bbox": [x, y, w, h], "score": '
+                                                                                'number}, ...])'), message
+    result = CliRunner().invoke(_eval_tool(), ["--coco-annotations", str(path), "--results", str(results_file)])
+    assert result.exit_code == 1 and result.output == f"Error: {info.value}\n"
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"iscrowd": "no"}, "has iscrowd 'no', not 0 or 1"),
+    ({"area": "large"}, "has area 'large', not a number; fix the annotation or leave the area out"),
+    ({"bbox": {"x": 1}}, "has bbox {'x': 1}, not [x, y, width, height]"),
+])
+def test_malformed_ground_truth_is_a_data_error_not_a_pycocotools_crash(instances, change, problem):
+    path, data = instances
+    data["annotations"][0].update(change)
+    path.write_text(json.dumps(data))
+    first = data["annotations"][0]
+    with pytest.raises(DetectionDataError) as info:
+        evaluate_coco_results(path, [GOOD])
+    assert str(info.value).startswith(f"{path}: annotation {first['id']} (image {first['image_id']}) {problem}")
+
+
+def test_ground_truth_without_area_or_iscrowd_and_with_integral_float_ids_is_evaluated(instances, tmp_path):
+    path, data = instances
+    records, categories = _records(data)
+    results = coco_results(_perfect(records), records, categories)
+    expected = evaluate_coco_results(path, results)
+    for annotation in data["annotations"]:
+        if not annotation["iscrowd"]:
+            del annotation["area"], annotation["iscrowd"]
+        annotation["image_id"] = float(annotation["image_id"])  # "101.0" from some exporters
+    path.write_text(json.dumps(data))
+    assert evaluate_coco_results(path, results) == expected
