@@ -6,11 +6,16 @@ training and 400 test images) and go through the classifier front end as they ar
 Every setting runs with several seeds to about 79% and about 90% sparsity (the paper's rates: COLT 15%/20%, LTH
 20%/20%); the ticket of the first round that reaches each level is trained on the full data and evaluated beside
 its `random_prune` control. One table: rounds, search time (the search trainings up to that round; ticket
-evaluations and controls apart) and its ratio to plain LTH's, ticket accuracy, control accuracy, their gap.
+evaluations and controls apart) and its ratio to plain LTH's, ticket accuracy, control accuracy, their gap, and
+what the ticket costs to run: parameters and MACs (Torch-Pruning's `count_ops_and_params` on one 32×32 image).
+A channel ticket (`*_channel*` settings, `prune.granularity: channel`) is counted by its slim shape, the network
+with its removed channels cut out; an unstructured ticket by its surviving weights (each layer's MACs scaled by
+the share of its weights that survive), which only sparse kernels would turn into speed.
 
     python benchmarks/bench_search.py          # 8 settings at 8 epochs, 2 at 16, 3 seeds each (about 1 h on 2 cores)
     python benchmarks/bench_search.py --quick  # one seed, LTH and COLT-2, 2 epochs, 79%: a smoke test
     python benchmarks/bench_search.py --settings lth,colt2,colt2_eb --seeds 0,1,2 --epochs 8
+    python benchmarks/bench_search.py --settings lth,colt2,lth_channel,colt2_channel,colt2_channel_gamma --epochs 8
 
 Runs go to --out (default runs/bench_search), one folder per setting, seed and regime, each resumable:
 rerunning the command continues where it stopped. Two runs train at a time, one CPU thread each.
@@ -36,6 +41,7 @@ import numpy as np
 import torch
 import yaml
 
+from colt_core.prune.channels import build_channel_plan, prune_by_channel
 from colt_core.prune.magnitude import magnitude_prune, resolve_prune_groups
 from colt_core.rundir import RunDir, RunSummary, read_summary
 
@@ -59,6 +65,7 @@ class Setting:
 
 
 EARLY_BIRD = {"early_bird": {"distance": 0.1, "window": 3, "check": "epoch"}}
+CHANNEL = {"granularity": "channel", "channel_score": "l1"}
 SETTINGS = {s.name: s for s in [
     Setting("lth", "lth", 1, (0.2, 0.2), {}),
     Setting("lth_eb", "lth", 1, (0.2, 0.2), EARLY_BIRD),
@@ -70,6 +77,13 @@ SETTINGS = {s.name: s for s in [
     Setting("colt2_increase", "colt", 2, (0.15, 0.2), {"score": "magnitude_increase"}),
     Setting("colt2_increase_eb", "colt", 2, (0.15, 0.2), {"score": "magnitude_increase", **EARLY_BIRD}),
     Setting("colt4_increase_eb", "colt", 4, (0.15, 0.2), {"score": "magnitude_increase", **EARLY_BIRD}),
+    # Channel tickets: whole filters, ranked by their L1 norm or by the |γ| of the BatchNorm after them.
+    Setting("lth_channel", "lth", 1, (0.2, 0.2), CHANNEL),
+    Setting("lth_channel_gamma", "lth", 1, (0.2, 0.2), {**CHANNEL, "channel_score": "bn_gamma"}),
+    Setting("colt2_channel", "colt", 2, (0.15, 0.2), CHANNEL),
+    Setting("colt2_channel_gamma", "colt", 2, (0.15, 0.2), {**CHANNEL, "channel_score": "bn_gamma"}),
+    Setting("colt2_channel_increase_eb", "colt", 2, (0.15, 0.2),
+            {**CHANNEL, "score": "magnitude_increase", **EARLY_BIRD}),
 ]}
 
 
@@ -138,17 +152,65 @@ def run_one(config: dict[str, Any], out: Path) -> float:
 
 
 # ----- reading the runs --------------------------------------------------------------------------------------
-def level_row(summary: RunSummary, level: float) -> dict[str, Any] | None:
+def level_row(summary: RunSummary, level: float, run: RunDir | None = None) -> dict[str, Any] | None:
     """The first evaluated round reaching `level`: its round, sparsity, search time (with and without the
-    early-bird stops, as the run records define it), ticket and control accuracy."""
+    early-bird stops, as the run records define it), ticket and control accuracy, and with `run` (the run's
+    directory) the ticket's parameters and MACs."""
     for record in summary.rounds:
         if record.sparsity >= level and record.evaluation is not None:
             control = record.controls.get("random_prune")
+            params, macs = ticket_cost(run, record.round) if run is not None else (None, None)
             return {"round": record.round, "sparsity": record.sparsity,
                     "search_s": summary.search_time_before(record.round),
                     "search_full_s": summary.search_time_before(record.round, without_stop=True),
-                    "ticket": record.evaluation.value, "control": control.value if control else None}
+                    "ticket": record.evaluation.value, "control": control.value if control else None,
+                    "params": params, "macs": macs}
     return None
+
+
+EXAMPLE = (1, 3, 32, 32)  # the input the MACs are counted on: one digit
+
+
+def ticket_cost(run: RunDir, r: int) -> tuple[float, float]:
+    """Parameters and MACs of round `r`'s ticket of `run`: a channel ticket's slim network (its removed channels
+    cut out), or an unstructured ticket's surviving weights (each layer's MACs scaled by its surviving share)."""
+    import torch_pruning as tp
+
+    from colt_cls.models import create_model_from_description
+
+    ticket = torch.load(run.ticket, weights_only=True)
+    model = create_model_from_description(dict(ticket["architecture"]), num_classes=10).eval()
+    mask = torch.load(run.round(r).mask, weights_only=True)
+    example = torch.zeros(EXAMPLE)
+    if ticket["meta"].get("granularity") == "channel":
+        cut_channels(model, mask, example)
+        macs, params = tp.utils.count_ops_and_params(model, example)
+        return float(params), float(macs)
+    macs, params, layer_macs, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
+    modules = dict(model.named_modules())
+    for name, m in mask.items():
+        dead = int((~m).sum())
+        macs -= (layer_macs.get(modules[name.removesuffix(".weight")]) or 0.0) * dead / m.numel()
+        params -= dead
+    return float(params), float(macs)
+
+
+def cut_channels(model: torch.nn.Module, mask: dict[str, torch.Tensor], example: torch.Tensor) -> None:
+    """Cut the output channels `mask` removes (whole rows off) out of `model`, with their coupled layers' inputs."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    cuts = []
+    for group in graph.get_all_groups(root_module_types=(torch.nn.Conv2d,)):
+        root = group[0].dep
+        weight = f"{names[root.target.module]}.weight"
+        if weight in mask:
+            dropped = (~mask[weight].flatten(1).any(1)).nonzero().flatten().tolist()
+            if dropped:
+                cuts.append((root.target.module, root.handler, dropped))
+    for module, handler, dropped in cuts:  # each module's outputs belong to one group: indices stay valid
+        graph.get_pruning_group(module, handler, dropped).prune()
 
 
 def epochs_run(summary: RunSummary) -> tuple[float, float]:
@@ -178,19 +240,24 @@ def spread(values: Sequence[float | None], scale: float = 1.0, digits: int = 1) 
     return f"{statistics.mean(got):.{digits}f} ± {statistics.stdev(got):.{digits}f}"
 
 
-def table(results: dict[str, list[RunSummary]], level: float, reference: str) -> str:
-    """The Markdown table of one sparsity level; search time ratios against the `reference` setting's mean."""
-    rows = {name: [level_row(s, level) for s in summaries] for name, summaries in results.items()}
+def table(results: dict[str, list[RunSummary]], level: float, reference: str,
+          runs: dict[str, list[RunDir]] | None = None) -> str:
+    """The Markdown table of one sparsity level; search time ratios against the `reference` setting's mean;
+    parameters and MACs of the tickets when their `runs` are given."""
+    runs = runs or {}
+    rows = {name: [level_row(s, level, run) for s, run in zip(summaries, runs.get(name) or [None] * len(summaries),
+                                                               strict=True)]
+            for name, summaries in results.items()}
     ref = [r["search_s"] for r in rows.get(reference, []) if r]
     ref_mean = statistics.mean(ref) if ref else math.nan
     lines = [f"### ≥ {100 * level:.0f}% sparsity", "",
              "| setting | seeds | rounds | sparsity (%) | search time (s) | ratio to LTH | without the stop (s) | "
-             "epochs run / set | ticket (%) | random_prune (%) | ticket − control |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "epochs run / set | ticket (%) | random_prune (%) | ticket − control | params | MACs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, got in rows.items():
         found = [r for r in got if r]
         if not found:
-            lines.append(f"| {name} | 0 | not reached | | | | | | | | |")
+            lines.append(f"| {name} | 0 | not reached | | | | | | | | | | |")
             continue
         gaps = [r["ticket"] - r["control"] for r in found if r["ticket"] is not None and r["control"] is not None]
         ran = [epochs_run(s) for s in results[name]]
@@ -201,7 +268,8 @@ def table(results: dict[str, list[RunSummary]], level: float, reference: str) ->
                      f"{ratio:.2f} | {spread([r['search_full_s'] for r in found], digits=0)} | "
                      f"{sum(a for a, _ in ran):.0f} / {sum(b for _, b in ran):.0f} | "
                      f"{spread([r['ticket'] for r in found], 100)} | {spread([r['control'] for r in found], 100)} | "
-                     f"{spread(gaps, 100)} |")
+                     f"{spread(gaps, 100)} | {spread([r['params'] for r in found], 1e-3)}k | "
+                     f"{spread([r['macs'] for r in found], 1e-6, 2)}M |")
     return "\n".join(lines)
 
 
@@ -219,14 +287,21 @@ def diagnosis(run: RunDir) -> dict[str, Any]:
                                   {"conv": 0.15, "fc": 0.2}, [ticket["architecture"].get("head", "head")])
     names = [n for g in groups if g.name == "conv" for n in g.params]
     parts = sorted(run.round(0).path.glob("partition_*"))
-    increase = (yaml.safe_load(run.config.read_text()).get("prune") or {}).get("score") == "magnitude_increase"
+    prune = yaml.safe_load(run.config.read_text()).get("prune") or {}
+    increase = prune.get("score") == "magnitude_increase"
+    plan = None
+    if prune.get("granularity") == "channel":  # the partitions' own channel masks, as the run prunes them
+        plan = build_channel_plan(model, groups, [ticket["architecture"].get("head", "head")], torch.zeros(EXAMPLE))
     moved, ranks, masks = [], [], []
     for part in parts:
         state = torch.load(part / "model.pt", weights_only=True)
         moved.append([float((state[n] - init[n]).norm() / init[n].norm()) for n in names])
         ranks.append([_spearman(state[n].abs().flatten(), init[n].abs().flatten()) for n in names])
         ones = {n: torch.ones_like(init[n], dtype=torch.bool) for g in groups for n in g.params}
-        masks.append(magnitude_prune(state, ones, groups, reference=init if increase else None))
+        reference = init if increase else None
+        masks.append(magnitude_prune(state, ones, groups, reference=reference) if plan is None else
+                     prune_by_channel(state, ones, groups, plan, channel_score=prune.get("channel_score", "l1"),
+                                      reference=reference))
     overlap = None
     if len(masks) >= 2:
         pruned = [torch.cat([~m[n].flatten() for n in names]) for m in masks]
@@ -263,10 +338,16 @@ MAIN = "lth,lth_eb,colt2,colt2_eb,colt2_increase,colt2_increase_eb,colt4,colt4_i
 LONG = "lth,colt2_increase_eb"
 
 
-def dense_line(summaries: dict[str, list[RunSummary]]) -> str:
-    """The dense model's accuracy over the seeds: LTH's round 0 (COLT's runs of one seed share one dense model)."""
+def dense_line(summaries: dict[str, list[RunSummary]], runs: dict[str, list[RunDir]] | None = None) -> str:
+    """The dense model's accuracy over the seeds: LTH's round 0 (COLT's runs of one seed share one dense model),
+    and its parameters and MACs."""
     dense = [s.rounds[0].evaluation.value for s in summaries.get("lth", []) if s.rounds and s.rounds[0].evaluation]
-    return f"Dense model (LTH's round 0, one per seed): {spread(dense, 100, 2)}%."
+    line = f"Dense model (LTH's round 0, one per seed): {spread(dense, 100, 2)}%"
+    finished = [r for rs in (runs or {}).values() for r in rs if r.ticket.is_file()]
+    if finished:
+        params, macs = ticket_cost(finished[0], 0)
+        line += f"; {params / 1e3:.1f}k parameters, {macs / 1e6:.2f}M MACs"
+    return line + "."
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -308,9 +389,9 @@ def main(out: str, names: str, long_names: str, seeds: str, epoch_list: str, wid
     for e, settings in regimes.items():
         runs = {n: [RunDir(root / f"e{e}" / n / f"seed_{s}") for s in seed_list] for n in settings}
         summaries = {n: [read_summary(r) for r in rs] for n, rs in runs.items()}
-        report += [f"## {e} epochs a training", "", dense_line(summaries), ""]
+        report += [f"## {e} epochs a training", "", dense_line(summaries, runs), ""]
         for level in (lv for lv in LEVELS if lv <= target):
-            report += [table(summaries, level, reference="lth"), ""]
+            report += [table(summaries, level, reference="lth", runs=runs), ""]
         checks, total = check_cost([s for got in summaries.values() for s in got])
         if total:
             report += [f"Early-bird checks took {checks:.1f} s of the {total:.0f} s their trainings ran "

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from colt_cls.models import create_model_from_description
-from colt_core.export import ExportTarget, export_onnx, verify_onnx
+from colt_core.export import ExportTarget, SlimTrace, export_onnx, verify_onnx
 
 
 def classifier_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
@@ -27,7 +27,15 @@ def classifier_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
     head = architecture.get("head") or getattr(model, "head_name", None)
     return ExportTarget(model=model, output_layers=(head,) if head else (), stem="model",
                         description="the classifier's state_dict",
-                        onnx=partial(classifier_onnx, architecture=architecture))
+                        onnx=partial(classifier_onnx, architecture=architecture),
+                        slim=SlimTrace((_example_images(architecture),)))
+
+
+def _example_images(architecture: Mapping[str, Any], size: int | None = None) -> torch.Tensor:
+    """One seeded image of the classifier's input (side `size`, None: its input size, 32 when it has none)."""
+    channels = int((architecture.get("kwargs") or {}).get("in_chans", 3))
+    side = size or int(architecture.get("input_size", 32))
+    return torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0))
 
 
 def classifier_onnx(model: nn.Module, out_dir: Path, size: int | None, *,
@@ -35,10 +43,8 @@ def classifier_onnx(model: nn.Module, out_dir: Path, size: int | None, *,
     """The export target's ONNX hook: ``model.onnx`` (a batch of images in, logits out) traced on a seeded image
     of side `size` (None: the architecture's input size, 32 when it has none) and compared with PyTorch's logits
     in onnxruntime; the file and a line of the largest difference."""
-    channels = int((architecture.get("kwargs") or {}).get("in_chans", 3))
-    side = size or int(architecture.get("input_size", 32))
     model = model.eval().cpu()
-    example = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0))
+    example = _example_images(architecture, size)
     path = export_onnx(model, (example,), Path(out_dir) / "model.onnx", input_names=["images"],
                        output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     with torch.no_grad():

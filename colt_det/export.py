@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from colt_core.config import from_dict
-from colt_core.export import ExportError, ExportTarget, ExportView, export_onnx, run_onnx
+from colt_core.export import ExportError, ExportTarget, ExportView, SlimTrace, export_onnx, run_onnx
 from colt_det.config import DETECTION_ARCHITECTURE, DetRunConfig, ModelConfig, current_architecture
 from colt_det.detectors import FAMILIES, VGG16, DetectorFamily, backbone_key, family, with_batch_counters
 from colt_det.detectors import build as build_torchvision
@@ -89,11 +89,35 @@ def detection_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
     detector = ExportView(stem=DETECTOR_STEM, description=f"the whole {architecture.get('name')} detector")
     common = dict(model=model, output_layers=tuple(fam.class_output_layers(model)),
                   complete=partial(with_batch_counters, model), onnx=partial(detector_onnx, architecture=architecture),
-                  loading_hints=tuple(loading_hint(architecture)))
+                  loading_hints=tuple(loading_hint(architecture)),
+                  slim=detector_trace() if fam is VGG16 else None)
     if fam.backbone is None:
         return ExportTarget(**common, rename=detector.rename, stem=detector.stem, description=detector.description)
     return ExportTarget(**common, rename=partial(backbone_key, fam), stem=f"{fam.backbone}_backbone",
                         description=f"the backbone (keys of {fam.backbone_target})", extra_views=(detector,))
+
+
+SLIM_TRACE_SIDE = 64  # a multiple of the backbone's stride 16; the couplings do not depend on the size
+
+
+def _trace_detector(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """The detector's layers on a batch of images, past the parts that select boxes: the RPN head's outputs, and
+    the box head and predictor on two fixed boxes (the RPN head's conv and fc6 read the last backbone features,
+    fc6 as C×7×7 columns). Only outputs whose shapes no cut changes are returned."""
+    features = model.backbone(images)
+    levels = features if isinstance(features, Mapping) else {"0": features}
+    objectness, deltas = model.rpn.head(list(levels.values()))
+    height, width = images.shape[-2:]
+    boxes = torch.tensor([[0.0, 0.0, width / 2, height / 2], [2.0, 2.0, width - 1.0, height - 1.0]])
+    pooled = model.roi_heads.box_roi_pool(dict(levels), [boxes] * len(images), [(height, width)] * len(images))
+    scores, box_deltas = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+    return [*objectness, *deltas, scores, box_deltas]
+
+
+def detector_trace(side: int = SLIM_TRACE_SIDE) -> SlimTrace:
+    """How a Faster R-CNN is traced for its channel couplings: one seeded image batch through `_trace_detector`."""
+    image = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    return SlimTrace(example_inputs=image, forward=_trace_detector)
 
 
 # The input side torchvision's builders resize to by default, where it is not Faster R-CNN's 800.

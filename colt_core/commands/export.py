@@ -1,4 +1,5 @@
-"""`colt export`: a run's pruned weights as dense and sparse state_dicts, its ticket, sparsity tables, optionally ONNX.
+"""`colt export`: a run's pruned weights as dense and sparse state_dicts, its ticket, sparsity tables, optionally ONNX;
+for a channel ticket also the slim model (only the kept channels, physically smaller).
 
 What is exported under which names, and how the files load elsewhere, is the run's task's (its registered
 `ExportTarget`): a detection run exports its backbone keyed like its torchvision classification model and the
@@ -20,6 +21,7 @@ from colt_core.export import (
     require_onnx,
     unfinished_run_architecture,
     write_onnx,
+    write_slim_onnx,
 )
 from colt_core.rundir import open_run
 
@@ -37,7 +39,7 @@ def _size(n: float) -> str:
     return str(n)
 
 
-def _print_export(result: ExportResult, run_dir: Path, onnx_line: str | None) -> None:
+def _print_export(result: ExportResult, run_dir: Path, onnx_line: str | None, slim_onnx_line: str | None) -> None:
     """The sparsity tables, then every file written with its size, then how the files load elsewhere."""
     click.echo(result.sparsity_markdown())
     dense, sparse = result.sizes["dense"], result.sizes["sparse"]
@@ -50,6 +52,13 @@ def _print_export(result: ExportResult, run_dir: Path, onnx_line: str | None) ->
     click.echo(f"  sparsity tables: {result.files['sparsity_md'].name}, {result.files['sparsity_json'].name}")
     if onnx_line:
         click.echo(f"  onnx   {onnx_line}")
+    if result.slim is not None:
+        full, slim = result.slim["parameters_full"], result.slim["parameters_slim"]
+        click.echo(f"  slim   {result.files['slim'].name:<28} {_size(result.sizes['slim']):>10}  "
+                   f"({slim:,} of {full:,} parameters, {100 * slim / full:.1f}%; "
+                   "colt_core.export.load_slim reads it as a model)")
+    if slim_onnx_line:
+        click.echo(f"  onnx   {slim_onnx_line}")
     for extra in (k for k in result.files if k.endswith("_sparse") and k != "sparse"):
         stem = extra.removesuffix("_sparse")
         click.echo(f"  dense  {result.files[stem].name:<28} {_size(result.sizes[stem]):>10}")
@@ -70,8 +79,10 @@ def _print_export(result: ExportResult, run_dir: Path, onnx_line: str | None) ->
               help="also export the pruned model to ONNX (needs `pip install onnx`)")
 @click.option("--onnx-size", type=int, default=None,
               help="example input side for ONNX tracing (default: the detector min_size; classifiers 32)")
+@click.option("--slim/--no-slim", default=None,
+              help="also write slim.pt, the model with only the kept channels (default: for channel tickets)")
 def export_command(run_dir: str, out: str, round_index: int | None, final: bool, source: str, with_onnx: bool,
-                   onnx_size: int | None) -> None:
+                   onnx_size: int | None, slim: bool | None) -> None:
     """Export the pruned weights of RUN_DIR (a chosen round, or the final ticket) into --out."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if final and round_index is not None:
@@ -83,6 +94,7 @@ def export_command(run_dir: str, out: str, round_index: int | None, final: bool,
         architecture = None
         if round_index is not None and not run.is_finished():
             architecture = unfinished_run_architecture(run)
-        result = export_run(run, out, round=round_index, source=source, architecture=architecture)
+        result = export_run(run, out, round=round_index, source=source, architecture=architecture, slim=slim)
         onnx_line = write_onnx(result, onnx_size) if with_onnx else None
-    _print_export(result, run.path, onnx_line)
+        slim_onnx_line = write_slim_onnx(result, onnx_size) if with_onnx else None
+    _print_export(result, run.path, onnx_line, slim_onnx_line)

@@ -9,6 +9,8 @@ registered with its task); everything else happens here.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from colt_core.config import read_yaml
 from colt_core.export.errors import ExportError
 from colt_core.export.run_tickets import load_round_ticket, start_weights, trained_weights_path
+from colt_core.export.slim import SlimTrace, is_channel_mask, save_slim, slim_copy
 from colt_core.export.sparse import save_sparse
 from colt_core.io import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from colt_core.prune.magnitude import PruneGroup
@@ -64,7 +68,8 @@ class ExportTarget:
     (`rename`, `stem`, `description`) and further views (`extra_views`, e.g. the whole detector beside its
     backbone). `complete` gives a state_dict what the rebuilt model has and the run's file may lack (the
     batch counters of norm layers torchvision froze), so that it loads strictly. `onnx` writes and checks the
-    model's ONNX file (None: the model has no ONNX export); `loading_hints` say how the files load elsewhere."""
+    model's ONNX file (None: the model has no ONNX export); `loading_hints` say how the files load elsewhere.
+    `slim` traces the model for its channel couplings (None: the model has no slim export of channel tickets)."""
 
     model: nn.Module
     output_layers: tuple[str, ...] = ()
@@ -75,6 +80,7 @@ class ExportTarget:
     complete: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = _as_is
     onnx: OnnxExport | None = None
     loading_hints: tuple[str, ...] = ()
+    slim: SlimTrace | None = None
 
     def views(self) -> list[ExportView]:
         return [ExportView(self.rename, self.stem, self.description), *self.extra_views]
@@ -87,7 +93,8 @@ def task_export_target(architecture: Mapping[str, Any]) -> ExportTarget:
 
 @dataclass
 class ExportResult:
-    """Files written by `export_run`, their sizes, the sparsity reports, and the model holding the weights."""
+    """Files written by `export_run`, their sizes, the sparsity reports, and the model holding the weights
+    (`slim`: what the slim export of a channel ticket holds, with `slim_model`; None without one)."""
 
     out_dir: Path
     files: dict[str, Path]
@@ -100,6 +107,8 @@ class ExportResult:
     model: nn.Module = field(repr=False)
     target: ExportTarget = field(repr=False)
     exported: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    slim: dict[str, Any] | None = None
+    slim_model: nn.Module | None = field(repr=False, default=None)
 
     def sparsity_markdown(self) -> str:
         return sparsity_markdown(self.model_report, self.exported_report)
@@ -220,8 +229,36 @@ def _write_views(out_dir: Path, weights: Mapping[str, torch.Tensor], ticket: Tic
     return files, main_exported, reports[0]
 
 
+def _wants_slim(slim: bool | None, run: RunDir, ticket: Ticket, target: ExportTarget) -> bool:
+    """Whether to write the slim model: as asked, or (None) when the run searched channels or the mask is one."""
+    if slim is False:
+        return False
+    if target.slim is None:
+        if slim:
+            raise ExportError(f"{ticket.architecture.get('name')!r} models have no slim export; leave out --slim")
+        return False
+    if slim:
+        return True
+    config = read_yaml(run.config) if run.config.is_file() else {}
+    prune = config.get("prune") if isinstance(config, Mapping) else None
+    if isinstance(prune, Mapping) and prune.get("granularity") == "channel":
+        return True
+    return is_channel_mask(target.model, ticket.mask)
+
+
+def _write_slim(out_dir: Path, target: ExportTarget, ticket: Ticket, meta: Mapping[str, Any]
+                ) -> tuple[Path, dict[str, Any], nn.Module]:
+    """The slim model of a channel ticket (`slim.pt`), what it holds, and the model itself."""
+    assert target.slim is not None
+    result, difference = slim_copy(target.model, ticket.mask, target.slim)
+    info = {"parameters_full": result.parameters_before, "parameters_slim": result.parameters_after,
+            "layers_cut": len(result.kept), "relative_difference": difference}
+    path = save_slim(out_dir / "slim.pt", ticket.architecture, result, meta={**meta, **info})
+    return path, info, result.model
+
+
 def _write_records(out_dir: Path, files: dict[str, Path], ticket: Ticket, meta: Mapping[str, Any],
-                   exported_report: Mapping[str, Any]) -> dict[str, int]:
+                   exported_report: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, int]:
     """The ticket, the sparsity tables and the manifest beside the weight files; the sizes of all but the last."""
     run_dir, r, source = Path(meta["run_dir"]), meta["round"], meta["source"]
     files.update(ticket=out_dir / "ticket.pt", sparsity_md=out_dir / "sparsity.md",
@@ -236,19 +273,23 @@ def _write_records(out_dir: Path, files: dict[str, Path], ticket: Ticket, meta: 
     sizes = {k: p.stat().st_size for k, p in files.items() if k != "manifest"}
     atomic_write_json({**meta, "files": {k: p.name for k, p in files.items()}, "bytes": sizes,
                        "sparsity": ticket.sparsity.get("overall", {}).get("sparsity"),
-                       "exported_sparsity": exported_report["overall"]["sparsity"]}, files["manifest"])
+                       "exported_sparsity": exported_report["overall"]["sparsity"], **(extra or {})},
+                      files["manifest"])
     return sizes
 
 
 def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
                make_target: Callable[[Mapping[str, Any]], ExportTarget] = task_export_target, *,
                round: int | None = None, source: str = "ticket",
-               architecture: Mapping[str, Any] | None = None) -> ExportResult:
+               architecture: Mapping[str, Any] | None = None, slim: bool | None = None) -> ExportResult:
     """Export one round of a run (or its final ticket): dense and sparse weights, the ticket, sparsity tables.
 
     `source="ticket"`: the weights are m ⊙ θ0 (the ticket, for retraining); `"trained"`: the trained
     full-data model of that round's evaluation, with the mask re-applied so pruned weights are exactly 0.
     `make_target` rebuilds the model of the ticket's architecture (default: the target its task registered).
+    `slim`: also write `slim.pt`, the model with only the channels a channel ticket keeps (`load_slim` reads
+    it); None: when the run's config says `prune.granularity: channel` or the mask is a channel mask; True:
+    always (a mask that is not a channel mask is refused); False: never.
     """
     if source not in SOURCES:
         raise ExportError(f"source must be one of {SOURCES}, got {source!r}")
@@ -265,11 +306,15 @@ def export_run(run_dir: str | Path | RunDir, out_dir: str | Path,
     meta = {"run_dir": str(run.path), "round": r, "source": source, "architecture": ticket.architecture,
             "contents": target.description}
     files, main_exported, exported_report = _write_views(out_dir, weights, ticket, target, meta)
-    sizes = _write_records(out_dir, files, ticket, meta, exported_report)
+    slim_info, slim_model = None, None
+    if _wants_slim(slim, run, ticket, target):
+        files["slim"], slim_info, slim_model = _write_slim(out_dir, target, ticket, meta)
+    sizes = _write_records(out_dir, files, ticket, meta, exported_report,
+                           {"slim": slim_info} if slim_info else None)
     return ExportResult(out_dir=out_dir, files=files, sizes=sizes, round=r, source=source,
                         architecture=dict(ticket.architecture), model_report=ticket.sparsity,
                         exported_report=exported_report, model=target.model, target=target,
-                        exported=dict(main_exported))
+                        exported=dict(main_exported), slim=slim_info, slim_model=slim_model)
 
 
 def write_onnx(result: ExportResult, size: int | None = None) -> str:
@@ -281,4 +326,22 @@ def write_onnx(result: ExportResult, size: int | None = None) -> str:
     path, check = result.target.onnx(result.model, result.out_dir, size)
     result.files["onnx"] = path
     result.sizes["onnx"] = path.stat().st_size
+    return f"{path} ({check or 'not run: onnxruntime is not installed'})"
+
+
+def write_slim_onnx(result: ExportResult, size: int | None = None) -> str | None:
+    """The ONNX file of an export's slim model (`slim.onnx`), checked like the full one; None without a slim
+    model. Recorded in `result.files`/`sizes`; a line naming the file and what was checked."""
+    if result.slim_model is None or result.target.onnx is None:
+        return None
+    staging = result.out_dir / ".slim_onnx"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        written, check = result.target.onnx(result.slim_model, staging, size)
+        path = result.out_dir / "slim.onnx"
+        os.replace(written, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.files["slim_onnx"] = path
+    result.sizes["slim_onnx"] = path.stat().st_size
     return f"{path} ({check or 'not run: onnxruntime is not installed'})"

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from colt_core.distributed import DistContext, full_data_context, run_on_main
+from colt_core.prune.channels import ChannelPlan, check_channel_mask
+from colt_core.prune.magnitude import PruneGroup
 from colt_core.prune.sparsity import sparsity_report
 from colt_core.prune.ticket import Ticket, TicketError, check_ticket_fits
 from colt_core.prune.weights import rewind
@@ -19,7 +21,7 @@ from colt_core.run.rounds import task_control
 from colt_core.run.store import RunStore
 from colt_core.rundir import Evaluation, RunDir
 from colt_core.runtime import derive_seed, seed_everything
-from colt_core.train.task import Task, TrainJob
+from colt_core.train.task import Task, TrainJob, channel_plan
 from colt_core.train.trainer import Trainer
 
 
@@ -51,7 +53,8 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
                           f"{expected} task; pass a ticket found on a {expected} run")
     mask, weights = ticket.mask, ticket.init
     if control is not None:
-        made = task_control(task, control, ticket.mask, ticket.init, seed)
+        channels = ticket_channel_plan(task, ticket) if ticket.meta.get("granularity") == "channel" else None
+        made = task_control(task, control, ticket.mask, ticket.init, seed, channels=channels)
         mask, weights = made.mask, made.start
     seed_everything(derive_seed(seed, "head", "ticket"))
     model = task.build_model(len(task.class_names))
@@ -81,3 +84,16 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
         return evaluation
 
     return run_on_main(dist, evaluate_and_write)
+
+
+def ticket_channel_plan(task: Task, ticket: Ticket) -> ChannelPlan:
+    """The channel plan a channel ticket was found under, traced on `task`'s model: its linear layers pruned by
+    neuron when the ticket's mask is a channel mask of that plan, by weight otherwise."""
+    groups = [PruneGroup("ticket", 0.0, tuple(sorted(ticket.mask)))]
+    num_classes = len(task.class_names)
+    plan = channel_plan(task, groups, task.output_layers, num_classes, neurons=True)
+    try:
+        check_channel_mask(ticket.mask, plan, "ignore")
+    except ValueError:
+        return channel_plan(task, groups, task.output_layers, num_classes, neurons=False)
+    return plan
