@@ -23,10 +23,13 @@ from colt_cls.datasets import (
     subset_by_classes,
     train_val_split,
 )
+from colt_cls.figure import confusion_preview
 from colt_cls.models import create_model, describe_architecture, prune_group_rules
 from colt_cls.synthetic import ensure_synthetic
 from colt_core.config import ConfigError
 from colt_core.distributed import DistContext, run_on_main
+from colt_core.intervals import Bootstrap
+from colt_core.io import atomic_write_json
 from colt_core.prune.partition import non_iid_keep
 from colt_core.runtime import derive_seed, progress_bar
 from colt_core.train.speed import FULL, Precision
@@ -38,11 +41,15 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int, *,
                         amp: Precision = FULL, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
-    """Mean cross-entropy, top-1 and top-5 accuracy (top-5 only with >= 5 classes), per-class counts."""
+    """Mean cross-entropy, top-1 and top-5 accuracy (top-5 only with >= 5 classes), per-class counts and the
+    confusion matrix (`confusion[true][predicted]` images; its rows sum to `class_total`); `hits` says per image,
+    in loader order, whether its top-1 class is right."""
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    hits = []  # per test image, whether its top-1 class is right: what the bootstrap interval resamples
     class_total = torch.zeros(num_classes, dtype=torch.long)
     class_correct = torch.zeros(num_classes, dtype=torch.long)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long)
     for images, labels in progress_bar(loader, progress, desc):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -51,16 +58,19 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
         logits = logits.float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         hit = logits.argmax(1) == labels
+        hits.append(hit.cpu())
         top1 += int(hit.sum())
         if num_classes >= 5:
             top5 += int((logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum())
         class_total += torch.bincount(labels.cpu(), minlength=num_classes)
         class_correct += torch.bincount(labels[hit].cpu(), minlength=num_classes)
+        confusion += torch.bincount((labels * num_classes + logits.argmax(1)).cpu(), minlength=num_classes ** 2)
         seen += len(labels)
     if seen == 0:
         raise ValueError(f"{desc}: no images to evaluate")
     return {"loss": loss_sum / seen, "top1": top1 / seen, "top5": top5 / seen if num_classes >= 5 else None,
-            "class_total": class_total.tolist(), "class_correct": class_correct.tolist(), "images": seen}
+            "class_total": class_total.tolist(), "class_correct": class_correct.tolist(), "images": seen,
+            "confusion": confusion.view(num_classes, num_classes).tolist(), "hits": torch.cat(hits).numpy()}
 
 
 class ClassificationTask:
@@ -124,6 +134,11 @@ class ClassificationTask:
         return (ImageClassificationDataset(self.train_split, train_idx, self.train_transform, label_map),
                 ImageClassificationDataset(self.train_split, val_idx, self.eval_transform, label_map))
 
+    def example_inputs(self, model: nn.Module) -> torch.Tensor:
+        """One test image as the model sees it, a batch of one: what a channel ticket's model is traced on."""
+        image, _ = ImageClassificationDataset(self.test_split, transform=self.eval_transform)[0]
+        return image.unsqueeze(0)
+
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Cross-entropy, and the batch's accuracy (logged only)."""
         images, labels = batch
@@ -131,12 +146,18 @@ class ClassificationTask:
         return {"loss": F.cross_entropy(logits, labels), "accuracy": (logits.argmax(1) == labels).double().mean()}
 
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
-        """Top-1 (and top-5) accuracy of a full-data model on the test set, and accuracy per class."""
+        """Top-1 (and top-5) accuracy of a full-data model on the test set, top-1's bootstrap interval over the test
+        images (seeded by the run's seed), and accuracy per class; the confusion
+        matrix goes to the preview file the report draws (`colt_cls.figure`)."""
         test = ImageClassificationDataset(self.test_split, transform=self.eval_transform)
         result = evaluate_classifier(model, job.loader(test), job.device, len(self.class_names), amp=job.amp,
                                      progress=self.cfg.train.progress, desc=f"{job.tag} test")
+        atomic_write_json(confusion_preview(self.class_names, result["confusion"]), job.files.preview)
         per_class = {name: (correct / total if total else math.nan) for name, correct, total
                      in zip(self.class_names, result["class_correct"], result["class_total"], strict=True)}
-        return {"metric": "top-1 accuracy", "value": result["top1"], "top5": result["top5"],
+        bootstrap = Bootstrap(seed=derive_seed(self.cfg.seed, "bootstrap"))
+        return {"metric": "top-1 accuracy", "value": result["top1"],
+                "interval": bootstrap.mean_interval(result["hits"]), "interval_method": bootstrap.method(),
+                "top5": result["top5"],
                 "test_loss": result["loss"], "test_images": result["images"], "per_class": per_class,
                 "test_per_class": dict(zip(self.class_names, map(int, result["class_total"]), strict=True))}

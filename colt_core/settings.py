@@ -173,6 +173,19 @@ class PruneConfig:
         "magnitude", help="what a trained model's weights are ranked by: magnitude |w| (the paper's), or "
                           "magnitude_increase |w| - |w0| (Zhou et al. 2019: how much training grew a weight, "
                           "which ranks weights that stayed near their start apart from their start)")
+    # torch-pruning's dependency graph groups the coupled channels (colt_core.prune.channels).
+    granularity: Literal["weight", "channel"] = field(
+        "weight", help="weight: a ticket keeps any weights (unstructured); channel: whole output channels of the "
+                       "convolutions, coupled channels (residual sums, depthwise convs, FPN laterals) together, each "
+                       "channel group losing its prune group's rate of its surviving channels a round, so the ticket "
+                       "exports to a slimmer network that runs faster")
+    channel_score: Literal["l1", "bn_gamma"] = field(
+        "bn_gamma", help="granularity channel: what ranks a channel, summed over its group: bn_gamma (|γ| of the "
+                         "BatchNorm layers after its filters, Network Slimming's; l1 where there are none: it gave "
+                         "the better tickets on the digits benchmark) or l1 (the L1 norm of its filters)")
+    fc_granularity: Literal["weight", "neuron"] = field(
+        "weight", help="granularity channel: the linear layers' weights are pruned one by one (weight) or as whole "
+                       "neurons, rows coupled to the next layer's inputs (neuron)")
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -189,6 +202,8 @@ class PruneConfig:
             missing = sorted(set(self.groups) - set(self.rates))
             if missing:
                 problems.append(("rates", f"groups {missing} have no rate"))
+        if self.granularity == "weight" and self.fc_granularity == "neuron":
+            problems.append(("fc_granularity", "neuron prunes channel tickets: set prune.granularity: channel too"))
         return problems
 
     @property

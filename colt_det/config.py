@@ -11,7 +11,7 @@ from colt_core.config import at_least, closed_interval, field, positive
 from colt_core.settings import DataConfig as BaseDataConfig
 from colt_core.settings import EvalConfig, RunConfig
 from colt_det.synthetic import coco_instances_path
-from colt_det.voc import VOC_CLASSES
+from colt_det.voc import VOC_CLASSES, parse_sets
 
 DETECTION_ARCHITECTURE = "fasterrcnn_vgg16"
 
@@ -45,13 +45,17 @@ class DataConfig(BaseDataConfig):
     keep_difficult: bool = field(False, help="train on difficult objects too (they are always ignored in evaluation)")
     on_bad_annotation: Literal["error", "skip"] = field(
         "error", help="training images with a bad annotation: error (stop, naming the file) or skip (leave the "
-                      "image out with a warning, counted)")
+                      "image out with a warning, counted by reason in metrics.json and report.md); an image path "
+                      "leading outside its folder stops the run either way")
     on_bad_test_annotation: Literal["error", "skip"] = field(
         "error", help="test images with a bad annotation: error, or skip, which leaves them out of the reported "
                       "metrics and says how many images and objects in report.md and metrics.json")
-    train_images: list[str] = field(default_factory=list, help="coco: the training image folders, one per "
-                                                                 "train_annotations file")
-    train_annotations: list[str] = field(default_factory=list, help="coco: the training instances JSON files")
+    train_images: list[str] = field(default_factory=list, one_or_more=True,
+                                    help="coco: the training image folders, one per train_annotations file (one "
+                                         "folder may be given as a plain path)")
+    train_annotations: list[str] = field(default_factory=list, one_or_more=True,
+                                         help="coco: the training instances JSON files (one may be given as a plain "
+                                              "path)")
     test_images: str | None = field(None, help="coco: the test image folder")
     test_annotations: str | None = field(None, help="coco: the test instances JSON file")
     keep_empty_images: bool = field(True, help="coco: keep training images without annotations (all background)")
@@ -61,7 +65,10 @@ class DataConfig(BaseDataConfig):
         coco_keys = ("train_images", "train_annotations", "test_images", "test_annotations")
         given = [k for k in coco_keys if getattr(self, k)]
         if self.format == "voc":
-            return [(given[0], "is for data.format: coco")] if given else []
+            if given:
+                return [(given[0], "is for data.format: coco")]
+            return [(key, problem) for key in ("train_sets", "test_sets")
+                    if (problem := _image_sets_problem(getattr(self, key)))][:1]
         if self.synthetic is not None:
             return [(given[0], "comes from data.root with a synthetic dataset; leave it out")] if given else []
         if not self.train_images or len(self.train_images) != len(self.train_annotations):
@@ -79,6 +86,15 @@ class DataConfig(BaseDataConfig):
                     (str(root / "test"), str(coco_instances_path(root, "test"))))
         return (list(zip(self.train_images, self.train_annotations, strict=True)),
                 (str(self.test_images), str(self.test_annotations)))
+
+
+def _image_sets_problem(sets: str) -> str | None:
+    """What is wrong with a `data.train_sets` or `data.test_sets` value ("2007+2012:trainval"), or None."""
+    try:
+        parse_sets(sets)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 # FasterRCNN keywords that were settings of their own beside the vgg16 ones; configs write them in model.kwargs.

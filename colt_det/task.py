@@ -7,7 +7,7 @@ from its targets there. The validation images are a seeded image-level hold-out 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.detection import FasterRCNN
 
 from colt_core.config import ConfigError
 from colt_core.distributed import DistContext, run_on_main
+from colt_core.intervals import Bootstrap
+from colt_core.io import atomic_write_json
 from colt_core.prune.partition import non_iid_keep
 from colt_core.runtime import derive_seed
 from colt_core.train.task import TrainJob
@@ -27,13 +30,15 @@ from colt_det.config import DetRunConfig
 from colt_det.data import DetectionDataset, ImageRecord, collate_detection
 from colt_det.detectors import build as build_detector
 from colt_det.detectors import family, prune_group_specs
+from colt_det.figure import detection_preview
+from colt_det.intervals import evaluate_voc_metrics
 from colt_det.model import build_vgg16_faster_rcnn
 from colt_det.predict import detect, losses_in_eval_mode
 from colt_det.pretrained import PretrainedWeights, record, resolve_pretrained
 from colt_det.synthetic import ensure_synthetic_coco, ensure_synthetic_voc
 from colt_det.transforms import build_transforms
 from colt_det.voc import VOC_CLASSES, load_voc_records
-from colt_det.voc_eval import evaluate_voc, write_results_files
+from colt_det.voc_eval import write_results_files
 
 
 def split_train_val(records: Sequence[ImageRecord], val_fraction: float, seed: int, *, keep_difficult: bool = False,
@@ -70,6 +75,20 @@ def split_train_val(records: Sequence[ImageRecord], val_fraction: float, seed: i
                 move(i, "val")
                 break
     return ([r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val])
+
+
+def trace_faster_rcnn(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """What a channel ticket's Faster R-CNN is traced through: backbone, RPN head, and the box head on two fixed
+    boxes, so the RPN conv and fc6 read the last backbone features. The box predictor is left out: its input is
+    the representation size the detector fixes, so the box head's outputs stay whole."""
+    features = model.backbone(images)
+    if isinstance(features, torch.Tensor):
+        features = OrderedDict([("0", features)])
+    objectness, deltas = model.rpn.head(list(features.values()))
+    h, w = images.shape[-2:]
+    boxes = [torch.tensor([[0.0, 0.0, w / 2, h / 2], [w / 4, h / 4, w - 1.0, h - 1.0]])] * len(images)
+    pooled = model.roi_heads.box_roi_pool(features, boxes, [(h, w)] * len(images))
+    return [*objectness, *deltas, model.roi_heads.box_head(pooled)]
 
 
 def detector_loss(model: nn.Module, batch: tuple[list, list]) -> dict[str, torch.Tensor]:
@@ -167,29 +186,46 @@ class DetectionTask:
     def loss(self, model: nn.Module, batch: tuple[list, list]) -> dict[str, torch.Tensor]:
         return detector_loss(model, batch)
 
+    def example_inputs(self, model: nn.Module) -> torch.Tensor:
+        """One blank image of the training size, what a channel ticket's detector is traced on (`forward_fn`)."""
+        if not isinstance(model, FasterRCNN):
+            raise ConfigError(f"prune.granularity: channel: model.arch {self.cfg.model.arch} is not a Faster R-CNN; "
+                              "channel tickets support vgg16 and the fasterrcnn_* detectors")
+        side = self.cfg.augment.input_size or 224
+        return torch.zeros(1, 3, side, side)
+
+    forward_fn = staticmethod(trace_faster_rcnn)
+
     def evaluate(self, model: nn.Module, job: TrainJob) -> dict[str, Any]:
         """Per-class AP of a full-data detector on the test set: VOC07 and VOC12 (IoU 0.5) and COCO-style
-        mAP@[.5:.95]; on COCO data the last is pycocotools' COCOeval of the test annotations file. The
-        detections are kept as Pascal VOC results files, or on COCO data as a COCO results file."""
+        mAP@[.5:.95]; on COCO data the last is pycocotools' COCOeval of the test annotations file. Each mAP (and
+        COCO's AP50) carries its bootstrap interval over the test images (`colt_det.intervals`). The
+        detections are kept as Pascal VOC results files, or on COCO data as a COCO results file, and those on the
+        first few test images (`colt_det.figure`) in the preview file the report draws."""
         cfg = self.cfg
         classes = list(self.class_names)
         detections = detect(model, self.test_records, size=cfg.augment.input_size, device=job.device, amp=job.amp,
                             loader=job.loader, progress=cfg.train.progress, classes=classes)
-        scores = {"voc07": evaluate_voc(detections, self.test_records, use_07_metric=True, classes=classes),
-                  "voc12": evaluate_voc(detections, self.test_records, use_07_metric=False, classes=classes)}
+        atomic_write_json(detection_preview(self.test_records, detections, classes), job.files.preview)
+        bootstrap = Bootstrap(seed=derive_seed(cfg.seed, "bootstrap"))  # each mAP's interval over the test images
+        scores = evaluate_voc_metrics(detections, self.test_records, classes=classes, bootstrap=bootstrap)
         if self.categories is not None:
             results = coco_results(detections, self.test_records, self.categories)
             write_coco_results(job.files.detections, results)
             _, test = cfg.data.coco_pairs()
             scores["coco"] = evaluate_coco_results(test[1], results, categories=self.categories,
-                                                   image_ids=[r.source_id for r in self.test_records])
+                                                   image_ids=[r.source_id for r in self.test_records],
+                                                   bootstrap=bootstrap)
         else:
             write_results_files(job.files.outputs, detections)
             if cfg.eval.coco or cfg.eval.metric == "coco":
-                scores["coco"] = evaluate_coco(detections, self.test_records, classes)
+                scores["coco"] = evaluate_coco(detections, self.test_records, classes, bootstrap=bootstrap)
         primary = scores[cfg.eval.metric]
-        skipped = {"test_skipped": self.test_skipped.as_dict()} if self.test_skipped.num_skipped else {}
+        # What skip mode left out, so that metrics.json, summary.json and report.md say it beside the numbers.
+        skipped = {key: stats.as_dict() for key, stats in (("train_skipped", self.bad_annotations),
+                                                           ("test_skipped", self.test_skipped)) if stats.num_skipped}
         counts = Counter(o.name for r in self.test_records for o in r.objects if not o.ignored)  # AP's objects
-        return {"metric": f"{cfg.eval.metric} mAP", "value": primary["mAP"], "per_class": primary["per_class"],
+        return {"metric": f"{cfg.eval.metric} mAP", "value": primary["mAP"], "interval": primary["interval"],
+                "interval_method": bootstrap.method(), "per_class": primary["per_class"],
                 "test_images": len(self.test_records), "test_per_class": {c: counts.get(c, 0) for c in classes},
                 **skipped, **scores}

@@ -8,7 +8,8 @@ same command bound to one task for the per-task scripts in `tools/`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import click
 from colt_core import cli
 from colt_core.config import ConfigError, apply_override, from_dict, read_yaml, resolve_config_path, to_dict
 from colt_core.distributed import DistContext, distributed_session, run_on_main
-from colt_core.prune.ticket import Ticket, TicketError, load_ticket
+from colt_core.prune.ticket import Ticket, TicketError, check_ticket_fits, load_ticket
 from colt_core.registry import TaskEntry, get_task, task_of_config
 from colt_core.report import (
     ReportStyle,
@@ -32,9 +33,11 @@ from colt_core.report import (
     write_given_ticket_report,
     write_report,
 )
+from colt_core.report.rounds_table import evaluations_interval_note, interval_note, verdict_lines
 from colt_core.run.rounds import RoundLoop, RunResult
 from colt_core.run.transfer import train_ticket
-from colt_core.rundir import Evaluation, RunDir, prepare_run_dir
+from colt_core.rundir import Evaluation, RunDir
+from colt_core.rundir.policy import RunDirLock, check_run_dir, start_run_dir
 from colt_core.settings import RunConfig
 from colt_core.train.task import Task
 from colt_core.train.trainer import Trainer
@@ -108,14 +111,34 @@ def run_seeds(cfg: RunConfig, seeds: Sequence[int] | None, dist: DistContext | N
 
 
 # ----- one run -----------------------------------------------------------------------------------------
-def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, dist: DistContext | None) -> RunDir:
-    """The run directory of `cfg`, created or reopened by rank 0 (see `prepare_run_dir`); a stored config
-    is completed with today's defaults before it is compared."""
+@contextmanager
+def writing_run_dir(path: str, dist: DistContext | None) -> Iterator[None]:
+    """Hold the one-writer lock of run directory `path` for the block (rank 0 holds it for every rank): a
+    directory another live process writes is refused, on every rank, before anything in it changes."""
+    lock = RunDirLock(path)
+    with cli.user_errors():
+        run_on_main(dist, lock.acquire)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def open_run_dir(entry: TaskEntry, cfg: RunConfig, prepared: Any, ticket: Ticket | None, *, resume: bool,
+                 overwrite: bool, dist: DistContext | None) -> tuple[RunDir, Task]:
+    """The run directory of `cfg` and the task built for it. Rank 0 checks the directory (a stored config is
+    completed with today's defaults before it is compared), every rank builds the task (reading the data and
+    the weights), and only then does rank 0 create the directory or, for --overwrite, delete the run it held:
+    a run that cannot start leaves the old one as it was."""
     def complete(stored: dict[str, Any]) -> dict[str, Any]:
         return to_dict(from_dict(type(cfg), {"task": cfg.task, **stored}))
 
-    return run_on_main(dist, prepare_run_dir, cfg.output_dir, to_dict(cfg), resume=resume, overwrite=overwrite,
-                       complete=complete)
+    replace = run_on_main(dist, check_run_dir, cfg.output_dir, to_dict(cfg), resume=resume, overwrite=overwrite,
+                          complete=complete)
+    task = entry.build(cfg, dist, prepared)
+    if replace and ticket is not None:  # a ticket of another model would stop the new run after the deletion
+        check_ticket_fits(ticket, task.build_model(len(task.class_names)), task.output_layers, source=str(cfg.ticket))
+    return run_on_main(dist, start_run_dir, cfg.output_dir, replace=replace), task
 
 
 def make_trainer(task: Task, cfg: RunConfig, run: RunDir) -> Trainer:
@@ -152,6 +175,7 @@ def result_lines(result: RunResult, class_names: Sequence[str], style: ReportSty
     """What a search ends with on the terminal: the ticket line, the rounds and per-class tables, the test set."""
     summary = result.summary
     lines = ["", ticket_line(result), rounds_markdown(summary, style.extra_columns)]
+    lines += [note for note in (interval_note(summary),) if note]
     columns = per_class_columns(summary)
     if columns and len(class_names) <= style.markdown_class_limit:
         table = per_class_markdown(columns, class_names, digits=style.digits, mean_row=style.mean_row,
@@ -163,31 +187,37 @@ def result_lines(result: RunResult, class_names: Sequence[str], style: ReportSty
 
 def run_one(entry: TaskEntry, cfg: RunConfig, ticket: Ticket | None, prepared: Any, *, resume: bool,
             overwrite: bool, dist: DistContext | None) -> None:
-    """One run: a ticket search, or the training of a given ticket (or its control)."""
-    with cli.user_errors():
-        run = open_run_dir(cfg, resume=resume, overwrite=overwrite, dist=dist)
-        task = entry.build(cfg, dist, prepared)
+    """One run: a ticket search, or the training of a given ticket (or its control), its run directory locked
+    from the first look at it to the end."""
     main_rank = dist is None or dist.is_main
     style = entry.report_style(to_dict(cfg))
-    if ticket is not None:
-        with cli.user_errors():  # most of what can go wrong here is the ticket the user brought
-            evaluation = train_ticket(task, make_trainer(task, cfg, run), ticket, cfg.ticket, run,
-                                      seed=cfg.seed, config_dict=to_dict(cfg), dist=dist, control=cfg.control)
-        if main_rank:
-            report_given_ticket(run, evaluation, task.class_names, style)
-        return
-    with cli.user_errors(run):
-        result = find_ticket(task, cfg, run, style, dist, entry.notes(cfg, prepared))
+    with writing_run_dir(cfg.output_dir, dist):
+        with cli.user_errors():
+            run, task = open_run_dir(entry, cfg, prepared, ticket, resume=resume, overwrite=overwrite, dist=dist)
+        if ticket is not None:
+            with cli.user_errors():  # most of what can go wrong here is the ticket the user brought
+                evaluation = train_ticket(task, make_trainer(task, cfg, run), ticket, cfg.ticket, run,
+                                          seed=cfg.seed, config_dict=to_dict(cfg), dist=dist, control=cfg.control)
+            if main_rank:
+                with cli.user_errors(run):  # a full disk while writing the report
+                    report_given_ticket(run, evaluation, task.class_names, style)
+            return
+        with cli.user_errors(run):
+            result = find_ticket(task, cfg, run, style, dist, entry.notes(cfg, prepared))
     if main_rank:
         for line in result_lines(result, task.class_names, style):
             click.echo(line)
         click.echo(f"report: {run.report}")
+        for line in verdict_lines(result.summary):  # last: the run's answer, in words and numbers
+            click.echo(line)
 
 
 def report_given_ticket(run: RunDir, evaluation: Evaluation, class_names: Sequence[str], style: ReportStyle) -> None:
     """Write and print the report of a given ticket's training."""
     write_given_ticket_report(run, evaluation, class_names, style)
     click.echo("\n" + given_ticket_markdown(evaluation, style))
+    if (note := evaluations_interval_note([evaluation])) is not None:
+        click.echo(note)
     click.echo(f"report: {run.report}")
 
 

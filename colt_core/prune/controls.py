@@ -1,7 +1,8 @@
 """The controls a lottery ticket is judged against (Frankle & Carbin; Ma et al., "Sanity checks"):
 
 - `random_prune`: a random mask with exactly the ticket's surviving count in every layer, trained from the
-  ticket's start weights. A ticket that does no better has found a sparsity level, not a subnetwork.
+  ticket's start weights (a channel ticket's: random whole channels, as many in every coupled group). A ticket
+  that does no better has found a sparsity level, not a subnetwork.
 - `random_reinit`: the ticket's mask on a freshly drawn initialisation (the same init scheme, another
   seed). A ticket that does no better owes nothing to the weights it started from.
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from colt_core.prune.channels import ChannelPlan, random_channel_mask
 from colt_core.prune.masks import Mask
 from colt_core.settings import CONTROLS
 
@@ -42,11 +44,14 @@ class Control:
     start: State
 
 
-def make_control(name: str, mask: Mask, start: State, *, seed: int, draw_init: Callable[[], State]) -> Control:
+def make_control(name: str, mask: Mask, start: State, *, seed: int, draw_init: Callable[[], State],
+                 channels: ChannelPlan | None = None) -> Control:
     """The control `name` of a ticket (`mask` applied to `start`); `draw_init` draws a fresh initialisation
-    (seeded by the caller) for random_reinit."""
+    (seeded by the caller) for random_reinit. A channel ticket (`channels`, its plan) gets random channels for
+    random_prune: the same kept-channel count in every coupled group."""
     if name == "random_prune":
-        return Control(name, random_prune_mask(mask, seed), start)
+        drawn = random_channel_mask(mask, channels, seed) if channels is not None else random_prune_mask(mask, seed)
+        return Control(name, drawn, start)
     if name == "random_reinit":
         return Control(name, mask, draw_init())
     raise ValueError(f"unknown control {name!r}; choose from {', '.join(CONTROLS)}")

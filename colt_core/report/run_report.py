@@ -1,24 +1,29 @@
 """A run's report, for any task: report.md with the rounds table, what the test set was and the per-class table
 of every evaluated ticket, beside rounds.csv/.json and the per-class CSV, JSON and bar chart.
 
-A front end only says how its report reads (`ReportStyle`).
+A front end only says how its report reads (`ReportStyle`), and may draw a figure for it (`report.figure`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from colt_core.io import atomic_write_json, atomic_write_text
+from colt_core.report.channels_table import channel_section
+from colt_core.report.figure import figure_section
 from colt_core.report.per_class import per_class_columns, per_class_csv, per_class_markdown, ticket_label
 from colt_core.report.plots import plot_per_class
 from colt_core.report.rounds_table import (
     CONTROLS_NOTE,
     control_names,
+    interval_note,
     rounds_csv,
     rounds_markdown,
     rounds_rows,
     search_table,
+    verdict_lines,
 )
 from colt_core.report.style import ReportStyle
 from colt_core.rundir import RunDir, RunSummary
@@ -54,13 +59,31 @@ def test_set_note(summary: RunSummary) -> str | None:
     for record in summary.evaluated:
         skipped = record.evaluation.get("test_skipped") if record.evaluation else None
         if skipped and skipped.get("images"):
-            unread = skipped.get("images_without_readable_annotation", 0)
-            objects = f"{skipped.get('objects', 0)} objects" + (f", plus those of {unread} unreadable annotations"
-                                                               if unread else "")
-            return (f"**Test set shrunk:** {skipped['images']} test images with bad annotations ({objects}) were "
-                    f"left out (`on_bad_test_annotation: skip`); every metric here is on the remaining "
-                    f"{record.evaluation.get('test_images')} test images.")
+            return (f"**Test set shrunk:** {skipped['images']} test images with bad annotations "
+                    f"({_skipped_objects(skipped)}) were left out (`on_bad_test_annotation: skip`); every metric "
+                    f"here is on the remaining {record.evaluation.get('test_images')} test images.")
     return None
+
+
+def train_set_note(summary: RunSummary) -> str | None:
+    """A warning line when the training data lost samples to bad annotations, with the count of each reason (a
+    task's `train_skipped` detail)."""
+    for record in summary.evaluated:
+        skipped = record.evaluation.get("train_skipped") if record.evaluation else None
+        if skipped and skipped.get("images"):
+            reasons = sorted((skipped.get("by_problem") or {}).items(), key=lambda item: (-item[1], item[0]))
+            why = "; by reason: " + ", ".join(f"{reason} {count}" for reason, count in reasons) if reasons else ""
+            return (f"**Training data shrunk:** {skipped['images']} training images with bad annotations "
+                    f"({_skipped_objects(skipped)}) were left out (`on_bad_annotation: skip`{why}); the tickets "
+                    "were searched and trained on the rest.")
+    return None
+
+
+def _skipped_objects(skipped: Mapping[str, Any]) -> str:
+    """"5 objects, plus those of 1 unreadable annotations": what the left-out images held."""
+    unread = skipped.get("images_without_readable_annotation", 0)
+    return f"{skipped.get('objects', 0)} objects" + (f", plus those of {unread} unreadable annotations"
+                                                    if unread else "")
 
 
 # ----- the report ------------------------------------------------------------------------------------
@@ -94,15 +117,23 @@ def write_report(run: RunDir, summary: RunSummary, class_names: Sequence[str], s
     if style.note:
         parts += [style.note, ""]
     parts += [rounds_markdown(summary, style.extra_columns), ""]
+    if (note := interval_note(summary)) is not None:
+        parts += [note, ""]
     if control_names(summary):
         parts += [CONTROLS_NOTE, ""]
-    for line in (test_set_note(summary), test_set_line(summary, style.count_title)):
+    verdict = verdict_lines(summary)
+    if verdict:
+        parts += ["## Ticket against the dense model and its controls", "",
+                  *(f"- {line.strip()}" for line in verdict), ""]
+    for line in (train_set_note(summary), test_set_note(summary), test_set_line(summary, style.count_title)):
         if line:
             parts += [line, ""]
     search = search_table(summary)
     if search is not None:
         parts += ["## Search", "", search, ""]
+    parts += channel_section(run, summary)
     parts += _per_class_section(run, summary, class_names, style, columns)
+    parts += figure_section(run, summary)
     atomic_write_text("\n".join(parts), run.report)
     atomic_write_text(rounds_csv(summary, extra), run.rounds_csv)
     atomic_write_json({"method": summary.method, "partitions": summary.partitions,

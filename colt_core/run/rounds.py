@@ -20,6 +20,7 @@ from torch import nn
 from colt_core.config import ConfigError, to_dict
 from colt_core.distributed import DistContext
 from colt_core.io import load_checkpoint
+from colt_core.prune.channels import ChannelPlan, check_channel_mask, prune_by_channel
 from colt_core.prune.controls import Control, make_control
 from colt_core.prune.magnitude import PruneGroup, magnitude_prune, per_layer, resolve_prune_groups
 from colt_core.prune.masks import Mask, intersect_masks, ones_mask
@@ -42,7 +43,7 @@ from colt_core.rundir import (
 from colt_core.runtime import derive_seed, seed_everything
 from colt_core.settings import PruneConfig, SplitConfig
 from colt_core.train.early_bird import EarlyBird
-from colt_core.train.task import Task, TrainJob, TrainOutput
+from colt_core.train.task import Task, TrainJob, TrainOutput, channel_plan
 from colt_core.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,12 @@ def draw_init(task: Task, seed: int, *key: Any) -> State:
     return snapshot(task.build_model(len(task.class_names)))
 
 
-def task_control(task: Task, name: str, mask: Mask, start: State, seed: int, *key: Any) -> Control:
+def task_control(task: Task, name: str, mask: Mask, start: State, seed: int, *key: Any,
+                 channels: ChannelPlan | None = None) -> Control:
     """Control `name` of a ticket (`mask` from `start`) of a run's `seed`; `key` tells the run's tickets apart
-    (a round's index; none for a ticket trained on its own)."""
+    (a round's index; none for a ticket trained on its own); `channels`: the plan of a channel ticket."""
     return make_control(name, mask, start, seed=derive_seed(seed, "control", name, *key),
-                        draw_init=lambda: draw_init(task, seed, "control", *key))
+                        draw_init=lambda: draw_init(task, seed, "control", *key), channels=channels)
 
 
 def ticket_architecture(task: Task, task_name: str | None) -> dict[str, Any]:
@@ -144,6 +146,7 @@ class RoundLoop:
         self.output_layers = list(prune.output_layers or task.output_layers)
         self.num_classes = len(task.class_names)
         self.groups: list[PruneGroup] = []  # the prune groups of the task's model, resolved when the run starts
+        self.channels: ChannelPlan | None = None  # a channel run's channel groups, traced when the run starts
 
     # ----- setup -------------------------------------------------------------------------------
     def _split(self) -> list[list[int]]:
@@ -292,7 +295,7 @@ class RoundLoop:
         stored = self.ranks.on_main(self.store.stored_training, files)
         if stored is not None:
             return stored
-        control = task_control(self.task, name, mask, start, self.seed, r)
+        control = task_control(self.task, name, mask, start, self.seed, r, channels=self.channels)
         fresh_init = name == "random_reinit"  # its own freshly drawn output layer; random_prune: the ticket's
         if self.ranks.is_main and not fresh_init:
             self.store.save_mask(files, control.mask)
@@ -332,12 +335,19 @@ class RoundLoop:
         (magnitude_increase ranks by |w| - |w_start|, `start` being where the training began)."""
         pruned = per_layer(self.groups) if self.prune.scope == "layer" else self.groups
         reference = start if self.prune.score == "magnitude_increase" else None
+        if self.channels is not None:
+            return prune_by_channel(weights, mask, pruned, self.channels, channel_score=self.prune.channel_score,
+                                    reference=reference,
+                                    on_layer_collapse=on_layer_collapse or self.prune.on_layer_collapse)
         return magnitude_prune(weights, mask, pruned, reference=reference,
                                on_layer_collapse=on_layer_collapse or self.prune.on_layer_collapse)
 
     def _next_mask(self, trained: list[State], mask: Mask, start: State) -> Mask:
         """Prune each partition's trained weights under the current mask and intersect the results."""
-        return intersect_masks([self._prune(state, mask, start) for state in trained])
+        mask = intersect_masks([self._prune(state, mask, start) for state in trained])
+        if self.channels is not None:
+            check_channel_mask(mask, self.channels, self.prune.on_layer_collapse)  # still a channel mask
+        return mask
 
     def _wants_eval(self, r: int, final: bool, reached: tuple[float, float] = (0.0, 0.0)) -> bool:
         """Whether round `r`'s ticket is evaluated; `reached` is (the previous round's sparsity, this round's)."""
@@ -361,6 +371,9 @@ class RoundLoop:
         start = init  # where every training rewinds to: θ0, or once round 0 has run, the late-rewinding point
         groups, total_params, mask = self._prune_groups()
         self.groups = groups
+        if self.prune.granularity == "channel":
+            self.channels = channel_plan(self.task, groups, self.output_layers, self.num_classes,
+                                         neurons=self.prune.fc_granularity == "neuron")
         n = len(class_groups)
         self.ranks.assign(n)
         summary = RunSummary(self.prune.method, self.prune.n_partitions)
@@ -398,7 +411,8 @@ class RoundLoop:
                         sparsity=sparsity_report(mask, groups, total_params),
                         meta={"method": self.prune.method, "partitions": self.prune.n_partitions, "rounds": r,
                               "seed": self.seed, "class_groups": class_groups, "output_layers": self.output_layers,
-                              "class_names": class_names, "start": self._start_meta()})
+                              "class_names": class_names, "start": self._start_meta(),
+                              **({"granularity": "channel"} if self.channels is not None else {})})
         if self.ranks.is_main:
             self.store.save_ticket(ticket)
             self.store.close()

@@ -6,6 +6,7 @@
       round_XX/partition_Y/   one partition's training (a `TrainingDir`)
       round_XX/eval/          the ticket trained on the full data and evaluated (a `TrainingDir`)
       round_XX/controls/NAME/ a control of that ticket (random_prune, random_reinit), trained the same way
+      .writer.lock  .writer.pid  the lock of the one process writing the run, and that process's id
 
 A ticket trained on its own (`colt train --ticket`) writes one `TrainingDir` at the top of its run directory.
 """
@@ -68,6 +69,11 @@ class TrainingDir:
     def detections(self) -> Path:
         """The detections of an evaluation as one results file (COCO's format)."""
         return self.path / "detections.json"
+
+    @property
+    def preview(self) -> Path:
+        """What a report's figure shows of this evaluation (e.g. boxes on a few fixed test images)."""
+        return self.path / "preview.json"
 
     @property
     def config(self) -> Path:
@@ -153,9 +159,29 @@ class RunDir:
         """The per-class table of the run's tickets, e.g. per_class_ap.csv (`name` names the metric)."""
         return self.path / f"per_class_{name}.{suffix}"
 
+    def figure(self, name: str) -> Path:
+        """A figure of the run's report drawn by its task, e.g. detections.png."""
+        return self.path / f"{name}.png"
+
     @property
     def tensorboard(self) -> Path:
         return self.path / "tb"
+
+    @property
+    def lock(self) -> Path:
+        """The file the one process writing the run holds an OS lock on (released when that process ends)."""
+        return self.path / ".writer.lock"
+
+    @property
+    def writer(self) -> Path:
+        """The process id and host of the process holding `lock`, so a refused second process can name it."""
+        return self.path / ".writer.pid"
+
+    def contents(self) -> list[Path]:
+        """What the directory holds besides the writer's lock files (nothing when it does not exist)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if p.name not in (self.lock.name, self.writer.name))
 
     def tensorboard_for(self, tag: str) -> Path:
         """The TensorBoard folder of one training (`round_00/p1` -> tb/round_00_p1)."""

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from colt_core.io import atomic_save, atomic_write_json, load_checkpoint, read_json
-from colt_core.numbers import as_number
+from colt_core.numbers import as_interval, as_number
 from colt_core.rundir.layout import RunDir, RunDirError, TrainingDir
 
 SUMMARY_SCHEMA = 2  # 1: the same fields without "schema" (written before the version was recorded)
@@ -120,6 +120,20 @@ class Evaluation:
                 return default
             node = node[part]
         return node
+
+    def interval(self, key: str = "value") -> tuple[float, float] | None:
+        """The (lo, hi) interval a task gave a value (its "interval" detail for the headline value, and for a
+        metric's "mAP"; "KEY_interval" beside any other, e.g. "coco.AP50_interval"); None where it gave none, as
+        in records written before tasks gave intervals."""
+        parent, _, name = key.rpartition(".")
+        sibling = "interval" if name in ("value", "mAP") else f"{name}_interval"
+        return as_interval(self.get(f"{parent}.{sibling}" if parent else sibling))
+
+    @property
+    def interval_method(self) -> str | None:
+        """How the task made its intervals, e.g. "bootstrap, 1000 resamples of test images, 95% percentile"."""
+        method = self.details.get("interval_method")
+        return method if isinstance(method, str) else None
 
     def to_dict(self) -> dict[str, Any]:
         train = {"reused": self.reused} if self.reused else (self.training.to_dict() if self.training else {})

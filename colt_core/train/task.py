@@ -17,7 +17,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from colt_core.config import ConfigError
 from colt_core.distributed import DistContext
+from colt_core.prune.channels import ChannelPlan, build_channel_plan
+from colt_core.prune.magnitude import PruneGroup
 from colt_core.prune.masks import Mask
 from colt_core.rundir import TrainingDir, TrainingRecord
 from colt_core.train.early_bird import EarlyBird
@@ -113,3 +116,20 @@ class Task(Protocol):
 
         The test set is read through `job.loader(dataset)`, the engine's evaluation loader (the eval batch size,
         the task's collate, the data workers), and scored under `job.amp`."""
+
+    # Optional, for channel tickets (`prune.granularity: channel`), which trace the model once per run:
+    #   example_inputs(model) -> Any: a small input of the model (one image will do), on the CPU;
+    #   forward_fn(model, inputs) -> tensors: what is traced, when not `model(inputs)` (e.g. a detector's parts
+    #   whose outputs are the features its heads read). Channels that reach what it returns are never pruned.
+
+
+def channel_plan(task: Task, groups: Sequence[PruneGroup], output_layers: Sequence[str], num_classes: int, *,
+                 neurons: bool = False) -> ChannelPlan:
+    """The channel groups of `task`'s model (built for `num_classes`), traced on the task's example inputs."""
+    example_inputs = getattr(task, "example_inputs", None)
+    if example_inputs is None:
+        raise ConfigError(f"prune.granularity: channel: the {type(task).__name__} task gives no example inputs to "
+                          "trace its model on; use prune.granularity: weight")
+    model = task.build_model(num_classes)
+    return build_channel_plan(model, groups, output_layers, example_inputs(model), getattr(task, "forward_fn", None),
+                              neurons=neurons)

@@ -225,6 +225,8 @@ def test_evaluate_classifier_counts_top1_top5_and_per_class() -> None:
     result = evaluate_classifier(FixedLogits(logits), loader, torch.device("cpu"), 6)
     assert result["top1"] == pytest.approx(3 / 6) and result["top5"] == pytest.approx(5 / 6)
     assert result["class_total"] == [1, 1, 1, 2, 0, 1] and result["class_correct"] == [1, 1, 0, 1, 0, 0]
+    assert result["hits"].tolist() == [True, True, False, False, True, False]  # what the interval resamples
+    assert result["hits"].mean() == result["top1"]
     few = evaluate_classifier(FixedLogits(logits[:, :3]), DataLoader(TensorDataset(torch.arange(3),
                               torch.tensor([0, 1, 2]))), torch.device("cpu"), 3)
     assert few["top5"] is None
@@ -258,6 +260,8 @@ def test_train_ticket_starts_from_the_tickets_masked_init_with_a_fresh_head(
     trained = torch.load(run.training.model, weights_only=True)
     assert all(torch.all(trained[n][~m] == 0) for n, m in mask.items())
     assert set(evaluation.per_class) == set(task.class_names)
+    lo, hi = evaluation.interval()  # top-1's bootstrap interval over the test images
+    assert lo <= evaluation.value <= hi and evaluation.interval_method.startswith("bootstrap, 1000 resamples")
     assert evaluation.get("ticket")["sparsity"] == pytest.approx(sum(int((~m).sum()) for m in mask.values())
                                                                  / sum(m.numel() for m in mask.values()))
     # Run again, the finished training is read back, not repeated.

@@ -92,7 +92,7 @@ def test_good_files_are_parsed_with_or_without_a_byte_order_mark(tmp_path: Path)
 def test_run_files_are_read_with_the_same_checks(tmp_path: Path) -> None:
     """A run's own JSON files (summary.json, rounds.json) that are damaged say so in one line, deep nesting too."""
     missing = tmp_path / "summary.json"
-    with pytest.raises(CheckpointError, match="summary.json: file not found"):
+    with pytest.raises(CheckpointError, match=r"summary\.json: file not found"):
         read_json(missing)
     for text in ("[" * 100_000, b"\xff\xfe{}", '{"a": '):
         path = tmp_path / "rounds.json"

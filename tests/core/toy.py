@@ -62,6 +62,9 @@ class ToyTask:
     def architecture(self) -> dict:
         return {"name": "toynet", "task": "toy", "dim": DIM}
 
+    def example_inputs(self, model: nn.Module) -> torch.Tensor:
+        return self.x[:2]
+
     def datasets(self, class_ids: list[int] | None, job: TrainJob | None = None
                  ) -> tuple[TensorDataset, TensorDataset]:
         idx = torch.arange(len(self.y))

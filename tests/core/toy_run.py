@@ -59,9 +59,10 @@ class FailingToyTask(ToyTask):
 @click.option("--max-rounds", default=4, help="prune.max_rounds")
 @click.option("--evaluate", default="all", help="prune.evaluate")
 @click.option("--early-bird", default=None, help="prune.early_bird as distance,window,check")
+@click.option("--granularity", default="weight", help="prune.granularity")
 def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fail_rank: int | None,
          fail_round: int, fail_mode: str, controls: str, rewind: int, epochs: int, rates: str, target: float,
-         max_rounds: int, evaluate: str, early_bird: str | None) -> None:
+         max_rounds: int, evaluate: str, early_bird: str | None, granularity: str) -> None:
     with distributed_session() as dist:
         rank = f"[rank {dist.rank}] " if dist is not None else ""
         logging.basicConfig(level=logging.INFO, format=f"{rank}%(message)s")
@@ -73,7 +74,8 @@ def main(out: str, resume: bool, sleep: float, method: str, partitions: int, fai
                                    check=check if check == "epoch" else int(check))
         prune = PruneConfig(method=method, partitions=partitions, rates={"conv": conv, "fc": fc},
                             target_sparsity=target, max_rounds=max_rounds, evaluate=evaluate,
-                            controls=[c for c in controls.split(",") if c], rewind_iteration=rewind, early_bird=bird)
+                            controls=[c for c in controls.split(",") if c], rewind_iteration=rewind, early_bird=bird,
+                            granularity=granularity)
         split = SplitConfig()
         config = {"seed": 3, "prune": to_dict(prune), "split": to_dict(split)}
         run_dir = run_on_main(dist, prepare_run_dir, out, config, resume=resume, overwrite=False)

@@ -89,6 +89,13 @@ def test_report_tables_and_per_class_files(colt_run):
     assert (run / "per_class_ap.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((run / "round_02" / "eval" / "metrics.json").read_text())
     assert {"voc07", "voc12", "coco"} <= set(metrics) and 0.0 <= metrics["value"] <= 1.0
+    # The headline mAP's bootstrap interval over the test images, in metrics.json, summary.json and the tables.
+    assert metrics["interval"] == metrics["voc07"]["interval"] and len(metrics["interval"]) == 2
+    assert metrics["interval_method"] == "bootstrap, 1000 resamples of test images, 95% percentile"
+    assert metrics["voc12"]["interval"][0] <= metrics["voc12"]["interval"][1] and "AP50_interval" in metrics["coco"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds"][2]["eval"]["interval"] == metrics["interval"]
+    assert all(" [" in line.split("|")[4] for line in rows) and "In brackets" in report and "In brackets" in output
     assert len(list((run / "round_02" / "eval" / "results").glob("comp4_det_test_*.txt"))) == 20
     assert any((run / "tb").rglob("events.out.tfevents.*"))
 
