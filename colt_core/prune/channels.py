@@ -32,7 +32,13 @@ import torch
 from torch import nn
 
 from colt_core.errors import UserError
-from colt_core.prune.magnitude import LayerCollapseError, PruneGroup, magnitude_prune, prune_count
+from colt_core.prune.magnitude import (
+    LayerCollapseError,
+    PruneGroup,
+    check_layer_collapse,
+    magnitude_prune,
+    prune_count,
+)
 from colt_core.prune.masks import Mask
 
 log = logging.getLogger(__name__)
@@ -318,13 +324,7 @@ def prune_by_channel(weights: Mapping[str, torch.Tensor], mask: Mapping[str, tor
                                 on_layer_collapse=on_layer_collapse)
     by_channel = prune_channels(weights, mask, plan, score=channel_score, reference=reference)
     out = {n: by_weight[n] & by_channel[n] for n in mask}
-    collapsed = [n for g in groups for n in g.params if not bool(out[n].any())]
-    if collapsed and on_layer_collapse != "ignore":
-        message = (f"layer collapse: pruning removed every weight of {collapsed}; lower the group's rate or stop at "
-                   "a lower target sparsity")
-        if on_layer_collapse == "error":
-            raise LayerCollapseError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    check_layer_collapse(out, groups, on_layer_collapse)
     return out
 
 

@@ -154,14 +154,20 @@ def magnitude_prune(
                 local = ties[(ties >= offset) & (ties < offset + numel)] - offset
                 new_mask[n].view(-1)[local] = True
                 offset += numel
-    collapsed = [n for g in groups for n in g.params if not bool(new_mask[n].any())]
+    check_layer_collapse(new_mask, groups, on_layer_collapse)
+    return new_mask
+
+
+def check_layer_collapse(mask: Mapping[str, torch.Tensor], groups: Sequence[PruneGroup],
+                         on_layer_collapse: str) -> None:
+    """Raise (or warn, or let pass, per `on_layer_collapse`) when `mask` removes every weight of a pruned layer."""
+    collapsed = [n for g in groups for n in g.params if not bool(mask[n].any())]
     if collapsed and on_layer_collapse != "ignore":
         message = (f"layer collapse: pruning removed every weight of {collapsed}; lower the group's "
                    "rate or stop at a lower target sparsity")
         if on_layer_collapse == "error":
             raise LayerCollapseError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-    return new_mask
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _group_scores(weights: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
