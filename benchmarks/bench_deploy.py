@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import math
 import statistics
 import tempfile
 import time
@@ -40,50 +39,14 @@ import torch
 import torchvision
 from torch import nn
 
-from colt_core.export import SlimTrace, slim_model
-from colt_core.export.slim import dependency_graph
+from colt_core.export import SlimTrace, l1_channel_mask, slim_model
 from colt_core.io import atomic_write_json, atomic_write_text
+from colt_core.prune.masks import masked_copy
 from colt_det.export import detector_trace
 from colt_det.model import build_vgg16_faster_rcnn
 
 DETECTOR_OUTPUTS = ("rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor.cls_score",
                     "roi_heads.box_predictor.bbox_pred")
-
-
-def l1_channel_mask(model: nn.Module, trace: SlimTrace, keep: float = 0.5,
-                    skip: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    """A channel mask of `model`: every coupled group of convolutions (none of them in `skip`) keeps the top
-    `keep` of its channels by the summed L1 norm of their filters; linear layers stay whole."""
-    graph = dependency_graph(model, trace)
-    names = {m: n for n, m in model.named_modules()}
-    skipped = set(skip)
-    mask = {f"{n}.weight": torch.ones_like(m.weight, dtype=torch.bool) for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in skipped}
-    for group in graph.get_all_groups(ignored_layers=[m for m, n in names.items() if n in skipped],
-                                      root_module_types=(nn.Conv2d,)):
-        members = [item for item in group if graph.is_out_channel_pruning_fn(item.dep.handler)
-                   and isinstance(item.dep.target.module, nn.Conv2d)]
-        if any(f"{names[item.dep.target.module]}.weight" not in mask for item in members):
-            continue
-        channels = graph.get_out_channels(group[0].dep.target.module)
-        score = torch.zeros(channels, dtype=torch.float64)
-        for item in members:
-            norms = item.dep.target.module.weight.detach().flatten(1).abs().sum(1).double()
-            score.index_add_(0, torch.as_tensor(item.root_idxs), norms[torch.as_tensor(item.idxs)])
-        kept = set(torch.argsort(-score, stable=True)[: max(1, math.ceil(keep * channels))].tolist())
-        for item in members:
-            off = [i for i, r in zip(item.idxs, item.root_idxs) if r not in kept]
-            mask[f"{names[item.dep.target.module]}.weight"][off] = False
-    return mask
-
-
-@torch.no_grad()
-def apply_mask_(model: nn.Module, mask: dict[str, torch.Tensor]) -> nn.Module:
-    """Zero the weights `mask` prunes, in place."""
-    params = dict(model.named_parameters())
-    for name, keep in mask.items():
-        params[name].mul_(keep.to(params[name].dtype))
-    return model
 
 
 def magnitude_mask_like(model: nn.Module, slim: nn.Module, mask: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -187,8 +150,8 @@ def measure(case: Case, threads: Sequence[int], repeats: int, warmup: int, folde
     """Every variant of one case: parameters, MACs, and latency per backend and thread count."""
     dense = case.build().eval()
     mask = l1_channel_mask(dense, case.trace, 0.5, case.skip)
-    channel = slim_model(apply_mask_(copy.deepcopy(dense), mask), mask, case.trace).model.eval()
-    unstructured = apply_mask_(copy.deepcopy(dense), magnitude_mask_like(dense, channel, mask)).eval()
+    channel = slim_model(masked_copy(dense, mask), mask, case.trace).model.eval()
+    unstructured = masked_copy(dense, magnitude_mask_like(dense, channel, mask)).eval()
     args = case.inputs()
     rows = []
     for variant, model in (("dense", dense), ("unstructured", unstructured), ("channel (slim)", channel)):

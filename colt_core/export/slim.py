@@ -124,6 +124,34 @@ def dependency_graph(model: nn.Module, trace: SlimTrace) -> Any:
                                                      verbose=False)
 
 
+def l1_channel_mask(model: nn.Module, trace: SlimTrace, keep: float = 0.5,
+                    skip: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """A channel mask of `model` without a search: every coupled group of convolutions (none of them in `skip`)
+    keeps the top `keep` of its channels by the summed L1 norm of their filters; linear layers stay whole. For
+    trying what a slim export of a given shape costs to run before searching a ticket of that shape."""
+    graph = dependency_graph(model, trace)
+    names = {m: n for n, m in model.named_modules()}
+    skipped = set(skip)
+    mask = {f"{n}.weight": torch.ones_like(m.weight, dtype=torch.bool) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in skipped}
+    for group in graph.get_all_groups(ignored_layers=[m for m, n in names.items() if n in skipped],
+                                      root_module_types=(nn.Conv2d,)):
+        members = [item for item in group if graph.is_out_channel_pruning_fn(item.dep.handler)
+                   and isinstance(item.dep.target.module, nn.Conv2d)]
+        if any(f"{names[item.dep.target.module]}.weight" not in mask for item in members):
+            continue
+        channels = graph.get_out_channels(group[0].dep.target.module)
+        score = torch.zeros(channels, dtype=torch.float64)
+        for item in members:
+            norms = item.dep.target.module.weight.detach().flatten(1).abs().sum(1).double()
+            score.index_add_(0, torch.as_tensor(item.root_idxs), norms[torch.as_tensor(item.idxs)])
+        kept = set(torch.argsort(-score, stable=True)[: max(1, math.ceil(keep * channels))].tolist())
+        for item in members:
+            off = [i for i, r in zip(item.idxs, item.root_idxs) if r not in kept]
+            mask[f"{names[item.dep.target.module]}.weight"][off] = False
+    return mask
+
+
 def _forward(trace: SlimTrace) -> ForwardFn:
     return lambda model, inputs: trace.run(model)
 

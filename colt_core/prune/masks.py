@@ -6,6 +6,7 @@ stays loadable by the unmodified architecture.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -62,6 +63,13 @@ def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
     for name, m in mask.items():
         p = params[name]
         p.mul_(m.to(device=p.device, dtype=p.dtype))
+
+
+def masked_copy(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of `model` with the weights `mask` prunes set to zero; `model` itself is left as it is."""
+    model = copy.deepcopy(model)
+    apply_mask(model, mask)
+    return model
 
 
 class MaskKeeper:

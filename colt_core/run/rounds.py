@@ -412,7 +412,8 @@ class RoundLoop:
                         meta={"method": self.prune.method, "partitions": self.prune.n_partitions, "rounds": r,
                               "seed": self.seed, "class_groups": class_groups, "output_layers": self.output_layers,
                               "class_names": class_names, "start": self._start_meta(),
-                              **({"granularity": "channel"} if self.channels is not None else {})})
+                              **({"granularity": "channel", "fc_granularity": self.prune.fc_granularity}
+                                 if self.channels is not None else {})})
         if self.ranks.is_main:
             self.store.save_ticket(ticket)
             self.store.close()

@@ -88,9 +88,13 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
 
 def ticket_channel_plan(task: Task, ticket: Ticket) -> ChannelPlan:
     """The channel plan a channel ticket was found under, traced on `task`'s model: its linear layers pruned by
-    neuron when the ticket's mask is a channel mask of that plan, by weight otherwise."""
+    neuron or by weight as its meta says (tickets written before the meta said: neuron when the mask is a
+    channel mask of that plan, weight otherwise)."""
     groups = [PruneGroup("ticket", 0.0, tuple(sorted(ticket.mask)))]
     num_classes = len(task.class_names)
+    recorded = ticket.meta.get("fc_granularity")
+    if recorded in ("weight", "neuron"):
+        return channel_plan(task, groups, task.output_layers, num_classes, neurons=recorded == "neuron")
     plan = channel_plan(task, groups, task.output_layers, num_classes, neurons=True)
     try:
         check_channel_mask(ticket.mask, plan, "ignore")

@@ -4,9 +4,6 @@ cut to the channels of a channel mask compute what the masked models compute, an
 from __future__ import annotations
 
 import copy
-import functools
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,28 +13,13 @@ from torch import nn
 
 from colt_cls.export import classifier_export_target
 from colt_cls.models import create_model, describe_architecture
-from colt_core.export import SlimTrace, load_slim, save_slim, slim_model
+from colt_core.export import SlimTrace, l1_channel_mask, load_slim, save_slim, slim_model
 from colt_core.export.slim import relative_difference
+from colt_core.prune.masks import masked_copy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.cache
-def bench_deploy():
-    """The deployment benchmark's module, whose `l1_channel_mask` makes channel masks of any model."""
-    spec = importlib.util.spec_from_file_location("bench_deploy", REPO / "benchmarks" / "bench_deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def randomised_norms(model: nn.Module) -> nn.Module:
@@ -51,8 +33,8 @@ def randomised_norms(model: nn.Module) -> nn.Module:
 
 
 def channel_ticket(model: nn.Module, trace: SlimTrace, head: str) -> tuple[nn.Module, dict]:
-    mask = bench_deploy().l1_channel_mask(model, trace, 0.5, skip=(head,))
-    return bench_deploy().apply_mask_(copy.deepcopy(model), mask).eval(), mask
+    mask = l1_channel_mask(model, trace, 0.5, skip=(head,))
+    return masked_copy(model, mask).eval(), mask
 
 
 def test_resnet18_keeps_one_channel_set_per_residual_stream_and_computes_what_the_masked_model_does():

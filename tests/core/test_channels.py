@@ -306,7 +306,7 @@ def test_a_toy_channel_run_prunes_whole_channels_and_its_report_counts_them(tmp_
                         max_rounds=4, evaluate="final", controls=["random_prune"], granularity="channel")
     result = run_loop(tmp_path / "run", prune)
     mask = result.ticket.mask
-    assert result.ticket.meta["granularity"] == "channel"
+    assert result.ticket.meta["granularity"] == "channel" and result.ticket.meta["fc_granularity"] == "weight"
     conv = rows_alive(mask, "conv.weight")
     assert 0 < int(conv.sum()) < 4 and torch.equal(mask["fc1.weight"].view(32, 4, 16).any(0).any(1), conv)
     control = torch.load(tmp_path / "run" / f"round_{result.rounds[-1].round:02d}" / "controls" / "random_prune" /

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ from colt_core.export import (
     dead_channels,
     export_onnx,
     is_channel_mask,
+    l1_channel_mask,
     read_slim,
     run_onnx,
     save_slim,
@@ -26,20 +24,11 @@ from colt_core.export import (
 )
 from colt_core.export.slim import relative_difference, trace_outputs
 from colt_core.io import atomic_save
+from colt_core.prune.masks import masked_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@functools.cache
-def bench_deploy():
-    """The deployment benchmark's module, whose `l1_channel_mask` makes channel masks of any model."""
-    spec = importlib.util.spec_from_file_location("bench_deploy", REPO / "benchmarks" / "bench_deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class ResidualNet(nn.Module):
@@ -76,17 +65,13 @@ def trained_looking(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def masked_copy(model: nn.Module, mask: dict) -> nn.Module:
-    return bench_deploy().apply_mask_(copy.deepcopy(model), mask)
-
-
 TRACE = SlimTrace((torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1)),))
 
 
 def test_a_channel_mask_cuts_coupled_channels_and_folds_their_constants_exactly():
     torch.manual_seed(0)
     model = trained_looking(ResidualNet())
-    mask = bench_deploy().l1_channel_mask(model, TRACE, 0.5, skip=("head",))
+    mask = l1_channel_mask(model, TRACE, 0.5, skip=("head",))
     # The residual sum couples the stem and the projection: the same channels are off in both.
     stem_off, project_off = dead_channels(model, mask)["stem"], dead_channels(model, mask)["project"]
     assert torch.equal(stem_off, project_off) and int(stem_off.sum()) == 4
@@ -125,7 +110,7 @@ def test_a_mask_with_a_filter_partly_on_is_refused_in_one_line():
 def test_the_slim_file_holds_plain_data_and_refuses_other_files(tmp_path):
     torch.manual_seed(0)
     model = ResidualNet().eval()
-    mask = bench_deploy().l1_channel_mask(model, TRACE, 0.5, skip=("head",))
+    mask = l1_channel_mask(model, TRACE, 0.5, skip=("head",))
     result = slim_model(masked_copy(model, mask), mask, TRACE)
     save_slim(tmp_path / "slim.pt", {"name": "residualnet", "task": "none"}, result)
     payload = torch.load(tmp_path / "slim.pt", weights_only=True)  # no pickled module
@@ -144,7 +129,7 @@ def test_the_slim_model_exports_to_onnx_with_equal_outputs(tmp_path):
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = trained_looking(ResidualNet())
-    mask = bench_deploy().l1_channel_mask(model, TRACE, 0.5, skip=("head",))
+    mask = l1_channel_mask(model, TRACE, 0.5, skip=("head",))
     slim = slim_model(masked_copy(model, mask), mask, TRACE).model
     x = TRACE.example_inputs[0]
     path = export_onnx(slim, (x,), tmp_path / "slim.onnx", input_names=["images"], output_names=["logits"])

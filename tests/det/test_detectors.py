@@ -23,6 +23,8 @@ from colt_det.export import detection_export_target
 from colt_det.pretrained import cache_file
 from colt_det.task import detector_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RATES = {"conv": 0.3, "fc": 0.2}
 # Small inputs keep CPU steps short; they change no parameter shape.
 SMALL = {name: ({"size": 96} if name.startswith("ssd") else {"min_size": 96, "max_size": 96}) for name in FAMILIES}
@@ -51,14 +53,6 @@ def images_and_targets(n: int = 2, size: int = 96):
         targets.append({"boxes": torch.tensor([[15.0 + 5 * i, 20.0, 60.0 + 5 * i, 70.0]]),
                         "labels": torch.tensor([1 + i % 4])})
     return images, targets
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

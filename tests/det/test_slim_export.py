@@ -5,9 +5,6 @@ export` writes it beside the other files."""
 from __future__ import annotations
 
 import copy
-import functools
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,34 +15,19 @@ from click.testing import CliRunner
 
 from colt_core.commands.export import export_command
 from colt_core.config import to_dict
-from colt_core.export import load_slim, read_slim, slim_model
+from colt_core.export import l1_channel_mask, load_slim, read_slim, slim_model
 from colt_core.io import atomic_save, atomic_write_text, read_json
+from colt_core.prune.masks import masked_copy
 from colt_core.prune.weights import snapshot
 from colt_det.config import DetRunConfig, ModelConfig
 from colt_det.export import architecture_from_config, build_detector, detector_trace, match_detections
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = 96
 OUTPUT_LAYERS = ("rpn.head.cls_logits", "rpn.head.bbox_pred", "roi_heads.box_predictor.cls_score",
                  "roi_heads.box_predictor.bbox_pred")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.cache
-def bench_deploy():
-    """The deployment benchmark's module, whose `l1_channel_mask` makes channel masks of any model."""
-    spec = importlib.util.spec_from_file_location("bench_deploy", REPO / "benchmarks" / "bench_deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_config() -> dict:
@@ -67,8 +49,8 @@ def test_the_slim_detector_detects_what_the_masked_detector_detects():
     torch.manual_seed(0)
     model = build_detector(architecture_from_config(tiny_config())).eval()
     trace = detector_trace()
-    mask = bench_deploy().l1_channel_mask(model, trace, 0.5, skip=OUTPUT_LAYERS)
-    masked = bench_deploy().apply_mask_(copy.deepcopy(model), mask)
+    mask = l1_channel_mask(model, trace, 0.5, skip=OUTPUT_LAYERS)
+    masked = masked_copy(model, mask)
     result = slim_model(copy.deepcopy(masked), mask, trace)
     slim = result.model
     last = len(result.kept["backbone.body.28"])
@@ -93,7 +75,7 @@ def hand_made_run(root: Path, channel: bool) -> tuple[Path, dict]:
     run = root / "run"
     atomic_write_text(yaml.safe_dump(config, sort_keys=False), run / "config.yaml")
     atomic_save(snapshot(model), run / "init.pt")
-    mask = bench_deploy().l1_channel_mask(model, detector_trace(), 0.5, skip=OUTPUT_LAYERS)
+    mask = l1_channel_mask(model, detector_trace(), 0.5, skip=OUTPUT_LAYERS)
     if not channel:
         mask["backbone.body.0.weight"][0, 0, 0, 0] = ~mask["backbone.body.0.weight"][0, 0, 0, 0]
     atomic_save(mask, run / "round_00" / "mask.pt")
