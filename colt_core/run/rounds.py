@@ -221,7 +221,8 @@ class RoundLoop:
             job.early_bird = EarlyBird(self.prune.early_bird, would_prune, mask)
         t0 = time.perf_counter()
         out = self.trainer.train(job)
-        result = PartitionResult(classes=list(class_ids), training=out.record, wall_time_s=time.perf_counter() - t0,
+        result = PartitionResult(classes=list(class_ids), training=out.record,
+                                 wall_time_s=time.perf_counter() - t0 + out.earlier_s,
                                  slot=ctx.ranks[0] if ctx is not None else None)
         return out.state_dict, result, out.rewind_state
 
@@ -278,7 +279,7 @@ class RoundLoop:
         out = self._train_full(job, model)
         if out is not None and self.ranks.is_main:
             self.store.save_trained(job.files, out.state_dict, out.rewind_state)
-        return self._score(job, model, t0, training=out.record if out else None)
+        return self._score(job, model, t0 - (out.earlier_s if out else 0.0), training=out.record if out else None)
 
     def _train_full(self, job: TrainJob, model: nn.Module) -> TrainOutput | None:
         """A full-data training on the ranks that take part in it (all, or one per shared device; the others
@@ -307,11 +308,12 @@ class RoundLoop:
         out = self._train_full(job, model)
         if out is not None and self.ranks.is_main:
             self.store.save_trained(files, out.state_dict)
-        return self._score(job, model, t0, training=out.record if out else None)
+        return self._score(job, model, t0 - (out.earlier_s if out else 0.0), training=out.record if out else None)
 
     def _score(self, job: TrainJob, model: nn.Module, t0: float, *, training: TrainingRecord | None = None,
                reused: str | None = None) -> Evaluation:
-        """The task's test-set evaluation of a full-data model (on rank 0, every rank gets it), stored."""
+        """The task's test-set evaluation of a full-data model (on rank 0, every rank gets it), stored; its wall time
+        is counted from `t0` (moved back by the time a resumed training spent before this process)."""
         def evaluate() -> Evaluation:
             evaluation = Evaluation.from_task(self.task.evaluate(model.to(job.device), job),
                                               source=f"{type(self.task).__name__}.evaluate")

@@ -78,7 +78,7 @@ def train_ticket(task: Task, trainer: Trainer, ticket: Ticket, ticket_path: str 
         if control == "random_prune":
             store.save_mask(files, mask)
         assert out is not None  # rank 0 always trains
-        evaluation.training, evaluation.wall_time_s = out.record, time.perf_counter() - start
+        evaluation.training, evaluation.wall_time_s = out.record, time.perf_counter() - start + out.earlier_s
         store.save_trained(files, out.state_dict)
         store.save_evaluation(files, evaluation)
         return evaluation

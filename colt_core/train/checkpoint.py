@@ -4,7 +4,9 @@ The checkpoint is a plain dict, written atomically after every epoch: ``format``
 training runs with; a checkpoint of other settings is refused rather than silently mixed), ``epoch`` (the last
 one finished), the state_dicts of ``model``, ``optimizer``, ``scheduler`` and ``scaler``, and the
 `TrainingState`: ``best_state``, ``best_val_loss``, ``best_epoch``, ``best_val_metrics``, ``history`` and
-``rewind_state`` (and ``early_bird``, the window and trace of an early-bird training).
+``rewind_state`` (and ``early_bird``, the window and trace of an early-bird training), and ``elapsed_s``, the wall
+time the training had spent when it was written, so that a resumed training's time counts the work before the
+kill (checkpoints written before it was kept resume with 0).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TrainingState:
     history: list[dict[str, float]] = field(default_factory=list)
     rewind_state: dict[str, torch.Tensor] | None = None
     early_bird: dict[str, Any] | None = None  # an early-bird training's window and trace (EarlyBird.state_dict)
+    elapsed_s: float = 0.0  # wall time spent on this training up to its last checkpoint, over every process
 
     def end_epoch(self, epoch: int, stats: Mapping[str, float], validation: Mapping[str, float],
                   model: nn.Module) -> dict[str, float]:
@@ -157,7 +160,8 @@ def resume_training(path: Path, settings: dict[str, Any], *, model: nn.Module, o
     state = TrainingState(next_epoch=ckpt["epoch"] + 1, best_state=ckpt["best_state"],
                           best_val_loss=ckpt["best_val_loss"], best_epoch=ckpt["best_epoch"],
                           best_val_metrics=ckpt.get("best_val_metrics", {}), history=ckpt["history"],
-                          rewind_state=ckpt["rewind_state"], early_bird=ckpt.get("early_bird"))
+                          rewind_state=ckpt["rewind_state"], early_bird=ckpt.get("early_bird"),
+                          elapsed_s=float(ckpt.get("elapsed_s", 0.0)))
     keeper.zero_optimizer_state()
     log.info("resuming training from %s at epoch %d of %d", path, state.next_epoch, settings["epochs"])
     return state
@@ -172,7 +176,7 @@ def save_checkpoint(path: Path, settings: dict[str, Any], state: TrainingState, 
                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                   "best_state": state.best_state, "best_val_loss": state.best_val_loss,
                   "best_epoch": state.best_epoch, "best_val_metrics": state.best_val_metrics,
-                  "history": state.history, "rewind_state": state.rewind_state}
+                  "history": state.history, "rewind_state": state.rewind_state, "elapsed_s": state.elapsed_s}
     if state.early_bird is not None:
         checkpoint["early_bird"] = state.early_bird
     atomic_save(checkpoint, path)

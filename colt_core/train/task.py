@@ -76,6 +76,9 @@ class TrainOutput:
     state_dict: dict[str, torch.Tensor]
     record: TrainingRecord
     rewind_state: dict[str, torch.Tensor] | None = None
+    # Seconds spent on this training by processes before the one that finished it, up to their last checkpoint:
+    # a resumed training's wall time is this plus its own, as if it had run straight through.
+    earlier_s: float = 0.0
 
 
 Batch = Any  # whatever the task's collate function makes of a list of samples: (inputs, targets)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,7 @@ class Trainer:
         When `job.dist` holds several ranks they all call this and train data-parallel; the group's first
         rank alone writes the training's files. A training killed part-way resumes from its checkpoint.
         """
+        started = time.perf_counter()
         cfg = self.cfg
         if job.make_loader is None:
             job.make_loader = self.loader
@@ -120,7 +122,7 @@ class Trainer:
                                      scheduler=run.scheduler, scaler=run.scaler, extra=extra)
         writer = self._writer(job.tag) if writes else None
         try:
-            state, best = self._run_epochs(job, run, settings, writer, writes=writes)
+            state, best, earlier = self._run_epochs(job, run, settings, writer, writes=writes, started=started)
         finally:
             if writer is not None:
                 writer.close()
@@ -131,18 +133,20 @@ class Trainer:
                                 epochs=run.epochs if run.epochs != cfg.epochs else None)
         if job.early_bird is not None:
             record.early_bird = job.early_bird.record(epochs=run.epochs, steps_per_epoch=len(run.train_loader))
-        return TrainOutput(best, record, state.rewind_state)
+        return TrainOutput(best, record, state.rewind_state, earlier_s=earlier)
 
     def _run_epochs(self, job: TrainJob, run: _Training, settings: dict[str, Any], writer: SummaryWriter | None, *,
-                    writes: bool) -> tuple[TrainingState, dict[str, torch.Tensor]]:
-        """The epoch loop, from the checkpoint's epoch when there is one; the state and the selected weights, which
-        `run.model` ends holding: the lowest validation loss's, or the weights at an early-bird stop. `writes`:
-        this rank writes the checkpoint."""
+                    writes: bool, started: float) -> tuple[TrainingState, dict[str, torch.Tensor], float]:
+        """The epoch loop, from the checkpoint's epoch when there is one; the state, the selected weights, which
+        `run.model` ends holding (the lowest validation loss's, or the weights at an early-bird stop), and the
+        seconds the training had spent before this process (the checkpoint's). `writes`: this rank writes the
+        checkpoint; `started`: when this process began the training (`time.perf_counter`)."""
         cfg, ctx, checkpoint, early_bird = self.cfg, job.dist, job.files.checkpoint, job.early_bird
         state = resume_training(checkpoint, settings, model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, scaler=run.scaler, keeper=run.keeper, dist=ctx)
         if early_bird is not None and state.early_bird is not None:
             early_bird.load_state_dict(state.early_bird)
+        earlier = state.elapsed_s
         for epoch in range(state.next_epoch, run.epochs):
             seed_epoch(job.seed, epoch, run.shuffling)
             run.model.train()
@@ -166,6 +170,7 @@ class Trainer:
                 break
             if early_bird is not None:
                 state.early_bird = early_bird.state_dict()
+            state.elapsed_s = earlier + time.perf_counter() - started
             if writes:
                 save_checkpoint(checkpoint, settings, state, model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, scaler=run.scaler)
@@ -174,7 +179,7 @@ class Trainer:
         # Data-parallel ranks hold the same weights unless a trainer let them drift (e.g. unreduced val losses).
         check_same_across_ranks(ctx, best, "the selected weights")
         run.model.load_state_dict(best)
-        return state, best
+        return state, best, earlier
 
     def _build(self, job: TrainJob, train_ds: Dataset, val_ds: Dataset) -> _Training:
         """The loaders, the model on the device, its optimizer, schedule, mask keeper, late rewind, DDP and scaler."""

@@ -184,7 +184,10 @@ def test_a_kill_inside_an_early_bird_training_resumes_to_the_same_ticket(tmp_pat
         process.wait()
     assert checkpoint.is_file(), "the run finished or failed before it could be killed"
     assert not (killed / "ticket.pt").is_file()
+    before_kill = torch.load(checkpoint, weights_only=True)["elapsed_s"]
     subprocess.run([*command[:-2], "--resume"], check=True, capture_output=True)
+    # The search time counts the work before the kill: the resumed process alone ran for less than the record says.
+    assert read_summary(RunDir(killed)).rounds[0].partitions[0].wall_time_s > before_kill > 0
     a, b = load_ticket(whole.ticket), load_ticket(killed / "ticket.pt")
     assert all(torch.equal(a.mask[k], b.mask[k]) for k in a.mask)
     assert all(torch.equal(a.init[k], b.init[k]) for k in a.init)

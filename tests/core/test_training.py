@@ -4,6 +4,7 @@ foreign checkpoints, and late rewinding across a resume."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 
 import pytest
@@ -105,6 +106,44 @@ def test_a_training_killed_twice_resumes_to_the_same_weights_history_and_rewind_
     assert_same_weights(straight_model.state_dict(), resumed_model.state_dict())
     assert torch.count_nonzero(resumed.state_dict["fc1.weight"][pruned]) == 0
     assert not files.checkpoint.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+class SlowToyTask(ScriptedToyTask):
+    """The scripted toy task whose every validation takes at least `pause` seconds."""
+
+    def __init__(self, *, pause: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.pause = pause
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not model.training:
+            time.sleep(self.pause)
+        return super().loss(model, batch)
+
+
+def test_a_resumed_training_counts_the_time_spent_before_the_kill(tmp_path):
+    straight, _ = train(ScriptedToyTask(), TrainingDir(tmp_path / "straight"))
+    assert straight.earlier_s == 0.0
+    files = TrainingDir(tmp_path / "killed")
+    # Two epochs of at least 0.3 s each checkpointed, then a kill in the third.
+    with pytest.raises(Crash):
+        train(SlowToyTask(pause=0.3, crash_at_step=2 * STEPS_PER_EPOCH + 1), files)
+    ckpt = torch.load(files.checkpoint, weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["elapsed_s"] >= 0.6
+    resumed, _ = train(ScriptedToyTask(), files)
+    assert resumed.earlier_s == ckpt["elapsed_s"]  # what the run records add to the resumed process's own time
+    assert_same_weights(straight.state_dict, resumed.state_dict)
+
+
+def test_a_checkpoint_without_an_elapsed_time_resumes_from_zero(tmp_path):
+    files = TrainingDir(tmp_path / "old")
+    with pytest.raises(Crash):
+        train(ScriptedToyTask(crash_at_step=STEPS_PER_EPOCH + 1), files)
+    ckpt = torch.load(files.checkpoint, weights_only=True)
+    del ckpt["elapsed_s"]  # as written before checkpoints kept it
+    torch.save(ckpt, files.checkpoint)
+    resumed, _ = train(ScriptedToyTask(), files)
+    assert resumed.earlier_s == 0.0 and [h["epoch"] for h in resumed.record.history] == [0, 1, 2]
 
 
 def test_the_weights_of_the_lowest_validation_loss_are_kept(tmp_path):
