@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,7 +367,7 @@ MAIN = "lth,lth_eb,colt2,colt2_eb,colt2_increase,colt2_increase_eb,colt4,colt4_i
 LONG = "lth,colt2_increase_eb,colt2_increase_eb_strict"
 
 
-def lth_reference(settings: Sequence[str]) -> str:
+def lth_reference(settings: Collection[str]) -> str:
     """The LTH setting others are compared with: plain `lth` when it ran, else the first LTH variant."""
     if "lth" in settings:
         return "lth"
