@@ -30,6 +30,7 @@ def test_the_demo_config_reaches_the_model():
         assert rpn._pre_nms_top_n == {"training": 300, "testing": 150}
         assert rpn._post_nms_top_n == {"training": 150, "testing": 100}
         assert heads.fg_bg_sampler.batch_size_per_image == 32
+        assert heads.fg_bg_sampler.positive_fraction == 0.5  # half the sampled RoIs positive: the demo's recipe
         assert (transform.min_size, transform.max_size) == ((128,), 128)
         assert heads.score_thresh == 0.0  # vgg16 keeps every detection unless model.kwargs says otherwise
         assert model.backbone.out_channels == 64 and heads.box_head.fc6.out_features == 128
