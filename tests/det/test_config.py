@@ -37,6 +37,16 @@ def test_the_demo_config_reaches_the_model():
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
 
 
+def test_the_coco_demo_config_reaches_torchvisions_builder():
+    cfg = load_config(DetRunConfig, "coco_synth_tiny", configs_dir=ROOT / "configs")
+    model = build_detector(json.loads(json.dumps(cfg.model.architecture(6))))  # as a ticket stores it
+    heads, rpn = model.roi_heads, model.rpn
+    assert heads.fg_bg_sampler.positive_fraction == 0.5  # the demo's recipe, not torchvision's 0.25
+    assert heads.fg_bg_sampler.batch_size_per_image == 32 and rpn.fg_bg_sampler.batch_size_per_image == 32
+    assert (model.transform.min_size, model.transform.max_size) == ((128,), 128)
+    assert heads.box_predictor.cls_score.out_features == 6
+
+
 def test_vgg16_defaults_are_py_faster_rcnn_input_and_torchvision_sampling():
     model = build_vgg16_faster_rcnn(3, **ModelConfig(width=0.0625, head_dim=8).build_kwargs())
     assert (model.transform.min_size, model.transform.max_size) == ((600,), 1000)
