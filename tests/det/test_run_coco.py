@@ -40,7 +40,7 @@ TINY = ["data.synthetic.n_trainval=24", "data.synthetic.n_test=8", "data.synthet
 def coco_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cocorun")
     result = train(["--cfg", "coco_synth_tiny.yaml", "--out", str(tmp / "run"), "--set", f"data.root={tmp / 'coco'}"],
-                   TINY)
+                   [*TINY, "prune.rewind_iteration=2"])  # the demo rewinds to step 51; a 4-step training to step 2
     assert result.exit_code == 0, result.output
     return tmp, result.output
 
@@ -68,6 +68,11 @@ def test_a_two_round_colt_run_on_coco_data(coco_run):
         assert sum(int(v.sum()) for v in later.values()) < sum(int(v.sum()) for v in earlier.values())
     ticket = torch.load(run / "ticket.pt", weights_only=True)
     assert (ticket["architecture"]["name"], ticket["architecture"]["num_classes"]) == (ARCH, 5)
+    assert ticket["meta"]["start"] == {"weights": "late_rewind", "iteration": 2, "source": "round_00/eval"}
+    rewind = torch.load(run / "round_00" / "eval" / "rewind.pt", weights_only=True)  # the dense model after 2 steps
+    theta0 = torch.load(run / "init.pt", weights_only=True)
+    assert ticket["init"].keys() == rewind.keys() and all(torch.equal(ticket["init"][k], rewind[k]) for k in rewind)
+    assert any(not torch.equal(rewind[k], theta0[k]) for k in ticket["mask"])
     assert not any(k.startswith(("roi_heads.box_predictor", "rpn.head.cls_logits", "rpn.head.bbox_pred"))
                    for k in ticket["mask"])
     for p in range(2):  # partition detectors have their classes + background as outputs
