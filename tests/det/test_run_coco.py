@@ -28,17 +28,14 @@ import train_colt_det  # noqa: E402
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 SMALL = ["model.kwargs.min_size=64", "model.kwargs.max_size=64", "augment.size=64", "train.epochs=1",
          "train.schedule.warmup_epochs=0", "train.progress=false", "data.num_workers=0"]
-FEW_PROPOSALS = [f"model.kwargs.{k}={v}" for k, v in (
-    ("rpn_pre_nms_top_n_train", 64), ("rpn_post_nms_top_n_train", 32), ("rpn_pre_nms_top_n_test", 32),
-    ("rpn_post_nms_top_n_test", 32), ("rpn_batch_size_per_image", 32), ("box_batch_size_per_image", 32))]
 TINY = ["data.synthetic.n_trainval=24", "data.synthetic.n_test=8", "data.synthetic.image_size=64",
         "data.synthetic.num_classes=4", "data.val_fraction=0.25", *SMALL,
         "prune.max_rounds=2", "prune.target_sparsity=0.95", "prune.evaluate=all"]
 
 
 @pytest.fixture(scope="module")
-def coco_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cocorun")
+def coco_run(module_tmp_path):
+    tmp = module_tmp_path
     result = train(["--cfg", "coco_synth_tiny.yaml", "--out", str(tmp / "run"), "--set", f"data.root={tmp / 'coco'}"],
                    [*TINY, "prune.rewind_iteration=2"])  # the demo rewinds to step 51; a 4-step training to step 2
     assert result.exit_code == 0, result.output
@@ -117,26 +114,6 @@ def test_the_export_loads_into_torchvisions_builder_and_its_backbone_into_mobile
     assert all(torch.count_nonzero(state[k][~m]) == 0 for k, m in ticket["mask"].items())
     features = torchvision.models.mobilenet_v3_large().features
     features.load_state_dict(torch.load(tmp_path / "export" / "mobilenet_v3_large_backbone.pth", weights_only=True))
-
-
-def test_the_readme_config_for_your_own_coco_data_runs_on_image_folders_and_instances_files(coco_run, tmp_path):
-    """coco_fasterrcnn_resnet50_fpn_v2.yaml as the README has a user run it: four data paths set on the command
-    line (here the synthetic twin's files), torchvision's Faster R-CNN ResNet-50 FPN v2 (from scratch: no
-    network here), one COLT-2 round."""
-    tmp, _ = coco_run
-    coco = tmp / "coco"
-    paths = [f"data.train_images=[{coco / 'train'}]", f"data.train_annotations=[{coco_instances_path(coco, 'train')}]",
-             f"data.test_images={coco / 'test'}", f"data.test_annotations={coco_instances_path(coco, 'test')}"]
-    result = train(["--cfg", "coco_fasterrcnn_resnet50_fpn_v2.yaml", "--out", str(tmp_path / "run")],
-                   [*paths, *SMALL, *FEW_PROPOSALS, "model.pretrained_backbone=none", "data.val_fraction=0.25",
-                    "prune.max_rounds=1", "prune.evaluate=final"])
-    assert result.exit_code == 0, result.output
-    ticket = torch.load(tmp_path / "run" / "ticket.pt", weights_only=True)
-    assert (ticket["architecture"]["name"], ticket["architecture"]["num_classes"]) == ("fasterrcnn_resnet50_fpn_v2", 5)
-    assert ticket["meta"]["rounds"] == 1 and 0.15 < ticket["sparsity"]["overall"]["sparsity"] < 0.3
-    metrics = json.loads((tmp_path / "run" / "round_01" / "eval" / "metrics.json").read_text())
-    assert metrics["metric"] == "coco mAP" and (tmp_path / "run" / "round_01" / "eval" / "detections.json").is_file()
-    assert "| AP50 (%) |" in result.output.replace(" | AP75 (%)", "")
 
 
 def test_the_coco_configs_load_and_the_lth_twin_differs_only_in_pruning():
